@@ -1,0 +1,32 @@
+"""The status board: the one place where the runtime's live state is written and read.
+
+Writers (station, outbox, delivery, adapters, upstream client) set values here; the OPC UA
+status server and ``linegate demo`` read them. It is a plain in-process object with no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StatusBoard:
+    # seed fields the runtime knows directly
+    cmd: str = ""  # last command remotely executed (OIP command or OPC UA method)
+    user: str = ""  # currently logged-in user (OIP LOGIN)
+    script: str = ""  # the currently loaded order (Ordnr)
+    # gateway health, by name (documented in the README's status section)
+    counters: dict[str, int] = field(default_factory=dict)
+    health: dict[str, object] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> state
+    started_at: float = field(default_factory=time.time)
+
+    def incr(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def set_health(self, name: str, value: object) -> None:
+        self.health[name] = value
+
+    def set_adapter(self, name: str, state: str) -> None:
+        self.adapters[name] = state

@@ -1,0 +1,300 @@
+"""Domain model: frozen dataclasses named after the standards (OIP v1.05, OPEN-SCS).
+
+Adapters decode their wire formats into these objects and the core (station, outbox,
+delivery) only ever sees these. Names follow the seed documents so that code and spec can be
+read side by side (Ordnr, tsn, SNFormat, LabelCollection ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# --------------------------------------------------------------------------- OIP orders
+
+
+@dataclass(frozen=True)
+class Step:
+    """One instruction step: parameter integer ``i``, parameter characters ``c``, handler ``h``.
+
+    Handlers from the seed: 1 pick-to-light, 3 validate serial number, 4 torque tool.
+    """
+
+    i: int
+    c: str
+    h: int
+
+
+HANDLER_PICK_TO_LIGHT = 1
+HANDLER_VALIDATE_SERIAL = 3
+HANDLER_TORQUE_TOOL = 4
+
+
+@dataclass(frozen=True)
+class Instruction:
+    group: str
+    gord: int
+    iord: int
+    item: str
+    sitem: str  # "" when absent
+    iname: str
+    qty: int
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Order:
+    """OIP ORDER record 2 plus its instruction records (AORDER in the SOAP form)."""
+
+    Ordnr: str
+    Sts: str
+    min: str
+    max: str
+    Seq: str
+    ext: str
+    VIN: str
+    intclr: str
+    dst: str
+    drv: str
+    prdline: str
+    instructions: tuple[Instruction, ...] = ()
+
+    def step(self, group: str, gord: int, iord: int, step: int) -> Step | None:
+        """The step addressed by a DATA frame (``step`` counts from 1), or None."""
+        for ins in self.instructions:
+            if ins.group == group and ins.gord == gord and ins.iord == iord:
+                if 1 <= step <= len(ins.steps):
+                    return ins.steps[step - 1]
+                return None
+        return None
+
+
+# --------------------------------------------------------------------------- OIP commands
+
+
+@dataclass(frozen=True)
+class Header:
+    """OIP header record ``CMD,code,tsn,length``."""
+
+    cmd: str
+    code: int
+    tsn: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Init:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class LoadOrder:
+    order: Order
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """OIP ``DATA;<Ordnr>;<group>,<gord>,<iord>,<step>,<OK|NOK>,<value>``."""
+
+    Ordnr: str
+    group: str
+    gord: int
+    iord: int
+    step: int
+    ok: bool
+    value: str
+
+
+@dataclass(frozen=True)
+class PrintRequest:
+    """OIP ``PRINT;<Ordnr>;<selection>,<count>``: serial numbers to print from the reserve."""
+
+    Ordnr: str
+    selection: str
+    count: int
+
+
+Command = Login | Init | Ping | LoadOrder | StepResult | PrintRequest
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a command came from: used for deduplication and logging.
+
+    ``peer`` is the peer identity (the LOGIN user when logged in, else the peer IP);
+    ``payload_hash`` is a hash of the packet without its header's length field variations.
+    """
+
+    transport: str  # "tcp" or "soap"
+    peer: str
+    tsn: int
+    payload_hash: str
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class Refusal(enum.Enum):
+    """Why a command was refused. Each transport maps these onto its own codes (OIP NAK)."""
+
+    MALFORMED = "malformed"
+    LENGTH_MISMATCH = "length mismatch"
+    TOO_LARGE = "too large"
+    UNKNOWN_COMMAND = "unknown command"
+    STORE_FULL = "store full"
+    TSN_REUSED = "tsn reused with different content"
+    NOT_LOGGED_IN = "not logged in"
+    NO_ORDER = "no order loaded"
+    UNKNOWN_STEP = "unknown step"
+    PATTERN_MISMATCH = "value does not match the step pattern"
+    RESERVE_EMPTY = "serial number reserve empty"
+    BUSY = "busy"
+    INTERNAL = "internal error"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Accepted and committed. ``serials`` is filled for PRINT."""
+
+    serials: tuple[str, ...] = ()
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Nak:
+    refusal: Refusal
+    text: str
+
+
+Reply = Ack | Nak
+
+
+# --------------------------------------------------------------------------- OPEN-SCS
+
+
+class SerialNumberState(enum.IntEnum):
+    """OPENSCSSerialNumberStateEnum (Table 63)."""
+
+    Unassigned = 0
+    Unallocated = 1
+    Allocated = 2
+    SNInvalid = 3
+    Encoded = 4
+    LabelSampled = 5
+    LabelScrapped = 6
+    Commissioned = 7
+    Sampled = 8
+    Inactive = 9
+    Destroyed = 10
+    Released = 11
+
+
+class ReturnStatus(enum.IntEnum):
+    """OPENSCSReturnEnum (Table 62)."""
+
+    Undefined = 0
+    NoError = 1
+    InvalidSerialNumberCollection = 2
+    InsufficientSerialNumbers = 3
+    InvalidSerialNumbersFormat = 4
+    InvalidRequestToken = 5
+    InvalidSelectionCriteria = 6
+    UnableToAcceptSerialNumberEvents = 7
+    UnableToAcceptLabelEvents = 8
+    UnableToAcceptSIDEvents = 9
+    UnknownAggregationSID = 10
+    InsufficientPrivilegeToExecute = 11
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    Key: str
+    Value: str
+
+
+@dataclass(frozen=True)
+class Label:
+    ID: str
+    LabelProperties: tuple[KeyValue, ...] | None = None
+
+
+@dataclass(frozen=True)
+class LabelCollection:
+    """OPENSCSLabelCollectionDataType: inherited Collection fields first, then its own."""
+
+    ID: str
+    Description: str
+    State: SerialNumberState
+    AssociatedPoolID: str
+    SerialNumbers: tuple[str, ...]
+    LabelCollection: tuple[Label, ...] = ()
+    LabelCollectionProperties: tuple[KeyValue, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SNCollection:
+    ID: str
+    Description: str
+    State: SerialNumberState
+    AssociatedPoolID: str
+    SerialNumbers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    ParentElement: Label
+    ParentElementCollection: LabelCollection
+
+
+# --------------------------------------------------------------------------- outbox messages
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to append to the outbox.
+
+    ``stream`` names the ordered stream (one per upstream manager object, e.g. "event",
+    "pool", "aggregation"); ``kind`` the upstream call (e.g. "SIDCommissioningEvent");
+    ``key`` the idempotency key carried upstream; ``body`` JSON-serialisable arguments.
+    """
+
+    stream: str
+    kind: str
+    key: str
+    body: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    stream: str
+    kind: str
+    key: str
+    body: dict[str, object]
+    created_at: float
+    attempts: int
+
+
+class Outcome(enum.Enum):
+    """What an upstream delivery attempt decided, as the outbox understands it."""
+
+    DONE = "done"
+    RETRY = "retry"  # transient: keep, back off, try again
+    PERMANENT = "permanent"  # dead-letter with the reason
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    outcome: Outcome
+    reason: str = ""
