@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 
-def _f(default: object, doc: str, **meta: object):  # noqa: ANN202 - dataclass field helper
+def _f(default: object, doc: str, **meta: object):
     """A field with a default and its documentation (and optional min/max/choices)."""
     if isinstance(default, (list, dict, set)):
         value = default
@@ -27,7 +27,7 @@ def _f(default: object, doc: str, **meta: object):  # noqa: ANN202 - dataclass f
     return field(default=default, metadata={"doc": doc, **meta})
 
 
-def _sub(cls: type, doc: str):  # noqa: ANN202
+def _sub(cls: type, doc: str):
     return field(default_factory=cls, metadata={"doc": doc})
 
 

@@ -1,0 +1,148 @@
+"""The ``linegate`` command line: run, check, demo, outbox, trust, passwd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import LinegateError, SettingsError, StoreCorrupt
+from gateway.logsetup import setup_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS = Path("settings.json")
+
+
+def _add_settings_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", type=Path, default=DEFAULT_SETTINGS,
+                        help="path to settings.json (default: ./settings.json); relative paths "
+                             "inside it resolve against its directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway import outbox_cli
+    from gateway.status import cli as status_cli
+
+    parser = argparse.ArgumentParser(
+        prog="linegate",
+        description="Edge gateway for serialized packaging and assembly lines: OIP from the "
+                    "line, durable store-and-forward, OPEN-SCS upstream, OPC UA status.")
+    parser.add_argument("--version", action="version", version=f"linegate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT",
+                         description="Run the gateway until SIGTERM or SIGINT, then shut down "
+                                     "gracefully (in-flight work committed, exit 0).")
+    _add_settings_arg(run)
+
+    check = sub.add_parser("check", help="validate settings.json",
+                           description="Validate settings.json: exit 0 with a one-line summary, "
+                                       "or exit 2 listing every problem as file:line:col.")
+    _add_settings_arg(check)
+
+    demo = sub.add_parser("demo", help="run an order end to end on embedded defaults",
+                          description="Start the gateway on a temporary data directory with a "
+                                      "simulated PAC and the reference OPEN-SCS upstream on "
+                                      "loopback, run an order through and print what flowed.")
+    demo.add_argument("--duration", type=float, default=20.0,
+                      help="at most this many seconds for the order to reach upstream "
+                           "(default 20)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    outbox_cli.add_parser(sub)
+    status_cli.add_parsers(sub)
+    return parser
+
+
+def _load(path: Path):  # returns gateway.settings.Settings
+    from gateway.settings_loader import load_settings
+
+    return load_settings(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.settings_loader import summary
+    from gateway.status.server import check_warnings
+
+    try:
+        settings = _load(args.settings)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.settings}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 2
+    for warning in [*settings.warnings, *check_warnings(settings)]:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    print(f"{args.settings}: OK — {summary(settings)}")
+    return 0
+
+
+async def _run_until_signalled(settings) -> int:  # settings: gateway.settings.Settings
+    from gateway.runtime import Runtime
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = Runtime(settings)
+    await runtime.run(stop)
+    log.info("linegate stopped")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args.settings)
+    except SettingsError as exc:
+        setup_logging("INFO")
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    setup_logging(settings.logging.level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    try:
+        return asyncio.run(_run_until_signalled(settings))
+    except StoreCorrupt as exc:
+        log.critical("%s", exc)
+        return 3
+    except LinegateError as exc:
+        log.critical("cannot run: %s", exc)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        setup_logging("WARNING")
+        return asyncio.run(run_demo(duration_s=args.duration, keep=args.keep))
+    # subcommands that work on an installation: outbox, trust, passwd
+    from gateway import outbox_cli
+    from gateway.status import cli as status_cli
+
+    setup_logging("WARNING")
+    try:
+        settings = _load(getattr(args, "settings", None) or DEFAULT_SETTINGS)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.command == "outbox":
+        return int(outbox_cli.run(args, settings))
+    return int(status_cli.run(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The runtime: wires the components from settings and runs them under supervision.
+
+Start-up order: open the outbox (integrity check, migration, recovery), restore the station's
+session, then start the background services (delivery, serial-number reserve, status server)
+and last the ingress listeners (OIP TCP and SOAP), so that nothing is acknowledged before the
+store is ready. Shutdown runs the other way: the station stops taking commands and in-flight
+ones get ``supervisor.shutdown_grace_s`` to commit, the listeners close, background services
+stop, and the outbox is closed (committed). ``restart()`` does the same and starts again in
+the same process (the status server's ``restart`` method uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adapters.oip.soap import OipSoapServer
+from adapters.oip.tcp import OipTcpServer
+from adapters.openscs.client import OpenScsClient
+from adapters.openscs.reserve import Reserve
+from adapters.openscs.upstream import OpenScsUpstream
+
+from adapters.oip.pattern import match_pattern
+from gateway import sdnotify
+from gateway.board import StatusBoard
+from gateway.delivery import Delivery
+from gateway.model import DeliveryResult, Outcome, StoredMessage
+from gateway.outbox import Outbox
+from gateway.results import ResultBackup
+from gateway.settings import Settings
+from gateway.station import STREAM_RESULTS, Station
+from gateway.status.server import StatusServer
+from gateway.supervisor import Service, supervise
+
+log = logging.getLogger(__name__)
+
+
+class _Disabled:
+    """Upstream for streams whose upstream is switched off: messages wait in the outbox."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def deliver(self, stream: str, batch: Sequence[StoredMessage]) -> list[DeliveryResult]:
+        return [DeliveryResult(Outcome.RETRY, self.why)] if batch else []
+
+
+class Router:
+    """Sends each outbox stream to its upstream: results to the backup files, the rest to
+    OPEN-SCS."""
+
+    def __init__(self, results: ResultBackup, openscs: object) -> None:
+        self._results = results
+        self._openscs = openscs
+
+    async def deliver(self, stream: str,
+                      batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
+        if stream == STREAM_RESULTS:
+            return await self._results.deliver(stream, batch)
+        return await self._openscs.deliver(stream, batch)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Components:
+    """What one start of the runtime built (tests and the demo look inside)."""
+
+    outbox: Outbox
+    station: Station
+    ingress: list[Service] = field(default_factory=list)
+    background: list[Service] = field(default_factory=list)
+    client: OpenScsClient | None = None
+    reserve: Reserve | None = None
+
+
+class Runtime:
+    def __init__(self, settings: Settings, board: StatusBoard | None = None) -> None:
+        self.settings = settings
+        self.board = board or StatusBoard()
+        self.components: Components | None = None
+        self.ready = asyncio.Event()
+        self._restart = asyncio.Event()
+        self.starts = 0
+
+    async def restart(self) -> None:
+        """Stop and start the whole runtime in this process."""
+        log.warning("restart requested")
+        self._restart.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; restarts in-process whenever ``restart()`` is called."""
+        while not stop.is_set():
+            self._restart.clear()
+            await self._run_once(stop)
+            if stop.is_set():
+                break
+            log.warning("restarting the runtime")
+            self.board.user = ""
+
+    async def _build(self) -> Components:
+        s = self.settings
+        outbox = await Outbox.open(s.store, dedup_window=s.oip.dedup_window)
+        client: OpenScsClient | None = None
+        reserve: Reserve | None = None
+        if s.upstream.openscs.enable:
+            client = OpenScsClient(s.upstream.openscs)
+            openscs: object = OpenScsUpstream(client, s.upstream.openscs)
+            if s.reserve.enable:
+                reserve = Reserve(outbox, client, s.reserve)
+        else:
+            openscs = _Disabled("upstream.openscs.enable is false; messages wait in the outbox")
+        station = Station(s, outbox, self.board, pattern_check=match_pattern, reserve=reserve)
+        await station.load()
+        router = Router(ResultBackup(s.result_bkup_dir), openscs)
+        comps = Components(outbox=outbox, station=station, client=client, reserve=reserve)
+        comps.background.append(Delivery(outbox, router, s.delivery, self.board))
+        if client is not None:
+            comps.background.append(client)
+        if reserve is not None:
+            comps.background.append(reserve)
+        if s.opcua_server.enable:
+            comps.background.append(StatusServer(s, self.board, self.restart))
+        if s.oip.tcp.enable:
+            comps.ingress.append(OipTcpServer(s.oip, station, self.board))
+        if s.oip.soap.enable:
+            comps.ingress.append(OipSoapServer(s.oip, station, self.board))
+        return comps
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        comps = await self._build()
+        self.components = comps
+        self.starts += 1
+        sup = self.settings.supervisor
+        try:
+            async with asyncio.TaskGroup() as tg:
+                background = [tg.create_task(supervise(svc, sup, self.board), name=svc.name)
+                              for svc in comps.background]
+                ingress = [tg.create_task(supervise(svc, sup, self.board), name=svc.name)
+                           for svc in comps.ingress]
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                await self._wait_ready(comps.ingress)
+                self.ready.set()
+                sdnotify.notify("READY=1\nSTATUS=running")
+                log.info("linegate ready: station %s (%s), %d ingress, %d background services",
+                         self.settings.station.name, self.settings.station.role,
+                         len(ingress), len(background))
+                waiters = [asyncio.ensure_future(stop.wait()),
+                           asyncio.ensure_future(self._restart.wait())]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                self.ready.clear()
+                sdnotify.notify("STOPPING=1")
+                drained = await comps.station.drain(sup.shutdown_grace_s)
+                log.info("shutdown: in-flight commands %s", "committed" if drained else
+                         "cut off after the grace period (not acknowledged, the PAC resends)")
+                for task in ingress:
+                    task.cancel()
+                await asyncio.gather(*ingress, return_exceptions=True)
+                for task in [*background, watchdog]:
+                    task.cancel()
+        finally:
+            await comps.outbox.close()
+            log.info("outbox closed")
+
+    @staticmethod
+    async def _wait_ready(services: Sequence[Service]) -> None:
+        for svc in services:
+            ready = getattr(svc, "ready", None)
+            if isinstance(ready, asyncio.Event):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), 10)
+
+    @staticmethod
+    async def _watchdog() -> None:
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)

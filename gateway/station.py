@@ -1,0 +1,367 @@
+"""The station: what one line station does with the commands its PACs send.
+
+Transports (OIP over TCP and SOAP) decode packets into gateway.model commands and call
+``Station.handle(command, origin)``; it returns only after everything the command changes is
+durably committed to the outbox, so a transport that answers ACK after it returns keeps the
+promise "acknowledged = committed".
+
+What each command does:
+
+- LOGIN sets the current user; INIT clears the session (order, user, retransmission window)
+  and closes the current order; PING is answered without touching the store.
+- ORDER replaces the current order (closing the previous one, which returns its unused serial
+  numbers upstream) and is written to the result backup stream (audit trail).
+- DATA reports a step result. On a validate-serial step (handler 3) an OK value must match the
+  step's ``c`` pattern and becomes a SIDCommissioningEvent; a NOK becomes a
+  LabelsScrappingEvent. Every result is also written to the result backup stream.
+- PRINT hands out serial numbers from the local reserve inside the same transaction that records
+  the reply, so a retransmitted PRINT gets the same numbers and never consumes new ones.
+
+Retransmissions are recognised by (peer identity, tsn, payload hash) where the identity is the
+logged-in user or, before a LOGIN, the peer address; the outbox keeps that window durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from gateway.board import StatusBoard
+from gateway.errors import RemoteProtocolError, StoreFull
+from gateway.model import (
+    HANDLER_VALIDATE_SERIAL,
+    Ack,
+    Command,
+    Init,
+    Instruction,
+    LoadOrder,
+    Login,
+    Nak,
+    NewMessage,
+    Order,
+    Origin,
+    Ping,
+    PrintRequest,
+    Refusal,
+    Reply,
+    Step,
+    StepResult,
+)
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STREAM_EVENTS = "event"
+STREAM_POOL = "pool"
+STREAM_RESULTS = "results"
+
+PatternCheck = Callable[[str, str], "str | None"]
+
+
+class SerialReserve(Protocol):
+    """The part of the serial-number reserve the station uses inside its transactions."""
+
+    def take_in(self, conn: sqlite3.Connection, ordnr: str, selection: str,
+                count: int) -> list[str]: ...
+
+    def mark_used_in(self, conn: sqlite3.Connection, serial: str) -> None: ...
+
+    def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None: ...
+
+
+class OutboxLike(Protocol):
+    async def submit(self, messages: Sequence[NewMessage] = (), *, dedup: Origin | None = None,
+                     dedup_peer: str | None = None, reply: str | None = None,
+                     state: Mapping[str, str | None] | None = None,
+                     hook: Callable[[sqlite3.Connection], object] | None = None) -> Any: ...
+
+    async def get_state(self) -> dict[str, str]: ...
+
+    async def clear_dedup(self, peer: str) -> None: ...
+
+
+def order_to_json(order: Order) -> str:
+    return json.dumps(dataclasses.asdict(order), separators=(",", ":"))
+
+
+def order_from_json(text: str) -> Order:
+    raw = json.loads(text)
+    instructions = tuple(
+        Instruction(**{**ins, "steps": tuple(Step(**s) for s in ins["steps"])})
+        for ins in raw.pop("instructions")
+    )
+    return Order(**raw, instructions=instructions)
+
+
+class Station:
+    """Session state of one line station plus the rules that turn commands into messages."""
+
+    def __init__(self, settings: Settings, outbox: OutboxLike, board: StatusBoard, *,
+                 pattern_check: PatternCheck, reserve: SerialReserve | None = None) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._board = board
+        self._pattern_check = pattern_check
+        self._reserve = reserve
+        self._order: Order | None = None
+        self._user = ""
+        self._session_lock = asyncio.Lock()
+        self._open = True
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        """Restore the session (current order, user) from the outbox after a start."""
+        state = await self._outbox.get_state()
+        self._user = state.get("user", "")
+        order_json = state.get("order")
+        self._order = order_from_json(order_json) if order_json else None
+        self._board.user = self._user
+        self._board.script = self._order.Ordnr if self._order else ""
+        log.info("station %s: session restored (user=%r, order=%r)", self._settings.station.name,
+                 self._user, self._board.script)
+
+    async def drain(self, grace_s: float) -> bool:
+        """Refuse new commands and wait up to ``grace_s`` for in-flight ones; True if drained."""
+        self._open = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("shutdown: %d command(s) still in flight after %.1f s grace",
+                        self._in_flight, grace_s)
+            return False
+        return True
+
+    async def logout(self) -> None:
+        """Log the active user out (the status server's restart does this)."""
+        async with self._session_lock:
+            await self._outbox.submit(state={"user": None})
+            self._user = ""
+            self._board.user = ""
+
+    @property
+    def order(self) -> Order | None:
+        return self._order
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    # ------------------------------------------------------------------ commands
+
+    async def handle(self, command: Command, origin: Origin) -> Reply:
+        if not self._open:
+            return Nak(Refusal.BUSY, "gateway is shutting down; resend after it is back")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._dispatch(command, origin)
+        except StoreFull as exc:
+            self._board.incr("store_full_refusals")
+            log.warning("refused %s tsn=%d from %s: %s", type(command).__name__, origin.tsn,
+                        origin.peer, exc.reason)
+            return Nak(Refusal.STORE_FULL, exc.reason)
+        except RemoteProtocolError as exc:
+            refusal = exc.refusal if isinstance(exc.refusal, Refusal) else Refusal.MALFORMED
+            log.info("refused %s tsn=%d from %s: %s", type(command).__name__, origin.tsn,
+                     origin.peer, exc.detail)
+            return Nak(refusal, exc.detail)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _identity(self, origin: Origin) -> str:
+        return self._user or origin.peer
+
+    def _key(self) -> str:
+        return f"{self._settings.station.name}:{uuid.uuid4().hex}"
+
+    async def _dispatch(self, command: Command, origin: Origin) -> Reply:
+        match command:
+            case Ping():
+                self._board.cmd = "PING"
+                return Ack()
+            case Login():
+                return await self._login(command, origin)
+            case Init():
+                return await self._init(origin)
+            case LoadOrder():
+                return await self._load_order(command.order, origin)
+            case StepResult():
+                return await self._step_result(command, origin)
+            case PrintRequest():
+                return await self._print(command, origin)
+        raise RemoteProtocolError(Refusal.UNKNOWN_COMMAND, f"unknown command {command!r}")
+
+    async def _commit(self, origin: Origin, messages: Sequence[NewMessage] = (), *,
+                      state: Mapping[str, str | None] | None = None,
+                      hook: Callable[[sqlite3.Connection], object] | None = None,
+                      ) -> tuple[str, Any]:
+        """Commit one command; returns (status, result) where status is accepted/duplicate."""
+        result = await self._outbox.submit(messages, dedup=origin,
+                                           dedup_peer=self._identity(origin), state=state,
+                                           hook=hook)
+        if result.status == "conflict":
+            raise RemoteProtocolError(
+                Refusal.TSN_REUSED,
+                f"tsn {origin.tsn} was already used by {self._identity(origin)} for a different "
+                "packet; use a new tsn (or INIT to reset the window)")
+        return result.status, result
+
+    async def _login(self, command: Login, origin: Origin) -> Reply:
+        self._board.cmd = "LOGIN"
+        user = command.user.strip()
+        if not user:
+            raise RemoteProtocolError(Refusal.MALFORMED, "LOGIN record 2 field 1 (user) is empty")
+        async with self._session_lock:
+            status, _ = await self._commit(origin, state={"user": user})
+            self._user = user
+            self._board.user = user
+        log.info("LOGIN user=%s from %s tsn=%d%s", user, origin.peer, origin.tsn,
+                 " (retransmission)" if status == "duplicate" else "")
+        return Ack(duplicate=status == "duplicate")
+
+    def _close_order_hook(self, order: Order | None) -> Callable[[sqlite3.Connection], object]:
+        reserve = self._reserve
+
+        def hook(conn: sqlite3.Connection) -> None:
+            if order is not None and reserve is not None:
+                reserve.close_order_in(conn, order.Ordnr)
+
+        return hook
+
+    async def _init(self, origin: Origin) -> Reply:
+        self._board.cmd = "INIT"
+        async with self._session_lock:
+            identity = self._identity(origin)
+            status, _ = await self._commit(origin, state={"order": None, "user": None},
+                                           hook=self._close_order_hook(self._order))
+            previous = self._order.Ordnr if self._order else ""
+            self._order = None
+            self._user = ""
+            self._board.user = ""
+            self._board.script = ""
+            await self._outbox.clear_dedup(identity)
+            if identity != origin.peer:
+                await self._outbox.clear_dedup(origin.peer)
+        log.info("INIT from %s tsn=%d: session cleared (closed order %r)", origin.peer,
+                 origin.tsn, previous)
+        return Ack(duplicate=status == "duplicate")
+
+    def _require_login(self) -> None:
+        if self._settings.oip.require_login and not self._user:
+            raise RemoteProtocolError(Refusal.NOT_LOGGED_IN,
+                                      "LOGIN first (oip.require_login is true)")
+
+    async def _load_order(self, order: Order, origin: Origin) -> Reply:
+        self._board.cmd = "ORDER"
+        self._require_login()
+        async with self._session_lock:
+            audit = NewMessage(STREAM_RESULTS, "Order", self._key(),
+                               {"Ordnr": order.Ordnr, "order": json.loads(order_to_json(order)),
+                                "user": self._user, "tsn": origin.tsn, "peer": origin.peer})
+            status, _ = await self._commit(origin, [audit], state={"order": order_to_json(order)},
+                                           hook=self._close_order_hook(self._order))
+            if status != "duplicate" or self._order is None:
+                self._order = order
+                self._board.script = order.Ordnr
+        self._board.incr("orders_loaded")
+        log.info("ORDER %s loaded from %s tsn=%d (%d instructions)%s", order.Ordnr, origin.peer,
+                 origin.tsn, len(order.instructions),
+                 " (retransmission)" if status == "duplicate" else "")
+        return Ack(duplicate=status == "duplicate")
+
+    def _current_order(self, ordnr: str) -> Order:
+        order = self._order
+        if order is None:
+            raise RemoteProtocolError(Refusal.NO_ORDER, f"no order is loaded (got Ordnr {ordnr})")
+        if order.Ordnr != ordnr:
+            raise RemoteProtocolError(
+                Refusal.NO_ORDER, f"Ordnr {ordnr} is not the loaded order {order.Ordnr}")
+        return order
+
+    def _context(self, order: Order) -> dict[str, str]:
+        return {"Ordnr": order.Ordnr, "VIN": order.VIN, "prdline": order.prdline,
+                "station": self._settings.station.name}
+
+    async def _step_result(self, data: StepResult, origin: Origin) -> Reply:
+        self._board.cmd = "DATA"
+        self._require_login()
+        order = self._current_order(data.Ordnr)
+        step = order.step(data.group, data.gord, data.iord, data.step)
+        if step is None:
+            raise RemoteProtocolError(
+                Refusal.UNKNOWN_STEP,
+                f"order {order.Ordnr} has no step {data.step} in instruction "
+                f"{data.group},{data.gord},{data.iord}")
+        messages = [NewMessage(STREAM_RESULTS, "StepResult", self._key(),
+                               {**dataclasses.asdict(data), "h": step.h, "c": step.c,
+                                "user": self._user, "tsn": origin.tsn, "peer": origin.peer})]
+        hook = None
+        if step.h == HANDLER_VALIDATE_SERIAL:
+            serial = data.value
+            if data.ok:
+                problem = self._pattern_check(step.c, serial) if step.c else None
+                if problem:
+                    raise RemoteProtocolError(
+                        Refusal.PATTERN_MISMATCH,
+                        f"serial {serial!r} does not match step {data.step} pattern "
+                        f"{step.c!r}: {problem}")
+            kind = "SIDCommissioningEvent" if data.ok else "LabelsScrappingEvent"
+            body: dict[str, object] = {"serials": [serial], "pool": self._pool_of(step),
+                                       "context": self._context(order)}
+            messages.append(NewMessage(STREAM_EVENTS, kind, self._key(), body))
+            reserve = self._reserve
+            if reserve is not None:
+                def hook(conn: sqlite3.Connection) -> None:
+                    reserve.mark_used_in(conn, serial)
+        status, _ = await self._commit(origin, messages, hook=hook)
+        if status != "duplicate":
+            self._board.incr("events_committed", len(messages) - 1)
+            self._board.incr("results_committed")
+        log.info("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
+                 data.group, data.gord, data.iord, data.step, "OK" if data.ok else "NOK",
+                 data.value, origin.peer, origin.tsn,
+                 " (retransmission)" if status == "duplicate" else "")
+        return Ack(duplicate=status == "duplicate")
+
+    @staticmethod
+    def _pool_of(step: Step) -> str:
+        """The pool a validate-serial step draws from: its ``i`` parameter when non-zero."""
+        return str(step.i) if step.i else ""
+
+    async def _print(self, request: PrintRequest, origin: Origin) -> Reply:
+        self._board.cmd = "PRINT"
+        self._require_login()
+        order = self._current_order(request.Ordnr)
+        if request.count < 1:
+            raise RemoteProtocolError(Refusal.MALFORMED,
+                                      f"PRINT count must be at least 1, got {request.count}")
+        reserve = self._reserve
+        if reserve is None:
+            raise RemoteProtocolError(Refusal.RESERVE_EMPTY,
+                                      "the serial-number reserve is disabled (reserve.enable)")
+
+        def hook(conn: sqlite3.Connection) -> str:
+            serials = reserve.take_in(conn, order.Ordnr, request.selection, request.count)
+            return json.dumps(serials)
+
+        status, result = await self._commit(origin, hook=hook)
+        reply = getattr(result, "reply", None) or getattr(result, "hook_result", None) or "[]"
+        serials = tuple(json.loads(reply))
+        if status != "duplicate":
+            self._board.incr("serials_printed", len(serials))
+        log.info("PRINT %s %s x%d -> %d serial(s) from %s tsn=%d%s", order.Ordnr,
+                 request.selection, request.count, len(serials), origin.peer, origin.tsn,
+                 " (retransmission)" if status == "duplicate" else "")
+        return Ack(serials=serials, duplicate=status == "duplicate")
