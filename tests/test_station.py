@@ -1,0 +1,186 @@
+"""Station rules over a real outbox file: what each command commits and how it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from adapters.oip.pattern import match_pattern
+from gateway.board import StatusBoard
+from gateway.model import (
+    Ack,
+    Init,
+    Instruction,
+    LoadOrder,
+    Login,
+    Nak,
+    Order,
+    Origin,
+    Ping,
+    PrintRequest,
+    Refusal,
+    Step,
+    StepResult,
+)
+from gateway.outbox import Outbox
+from gateway.settings import OipSettings, Settings, StoreSettings
+from gateway.station import Station, order_from_json, order_to_json
+
+ORDER = Order("ZI355937", "31", "30", "31", "567016", "355937", "XXXXA0NDXAN6XXXXX", "G",
+              "FED", "L", "ZW", (
+                  Instruction("G5A1", 1, 10, "1045075", "1041075", "wZw Black Pad", 1,
+                              (Step(100001, "", 1), Step(0, "11an||00*", 3))),
+                  Instruction("G5A2", 2, 5, "1035252", "", "AirBag Sft Pnl", 1,
+                              (Step(2, "", 4), Step(0, "14an||NPZQ*", 3))),
+              ))
+
+
+def origin(tsn: int, payload: str = "", peer: str = "10.0.0.5") -> Origin:
+    return Origin("tcp", peer, tsn, payload or f"hash-{tsn}")
+
+
+@pytest.fixture
+async def env(tmp_path: Path):
+    settings = Settings(store=StoreSettings(path=tmp_path / "outbox.sqlite"))
+    outbox = await Outbox.open(settings.store)
+    board = StatusBoard()
+    station = Station(settings, outbox, board, pattern_check=match_pattern)
+    await station.load()
+    yield settings, outbox, board, station
+    await outbox.close()
+
+
+async def _messages(outbox: Outbox) -> list:
+    out = []
+    for stream in await outbox.pending_streams():
+        out += await outbox.pending(stream, 1000)
+    return sorted(out, key=lambda m: m.id)
+
+
+def test_order_json_round_trip():
+    assert order_from_json(order_to_json(ORDER)) == ORDER
+
+
+async def test_thin_slice_commits_events_with_context(env):
+    settings, outbox, board, station = env
+    assert await station.handle(Login("alice"), origin(1)) == Ack()
+    assert await station.handle(LoadOrder(ORDER), origin(2)) == Ack()
+    ok = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789")
+    nok = StepResult("ZI355937", "G5A2", 2, 5, 2, False, "NPZQ0000000001")
+    assert await station.handle(ok, origin(3)) == Ack()
+    assert await station.handle(nok, origin(4)) == Ack()
+    events = [m for m in await _messages(outbox) if m.stream == "event"]
+    assert [m.kind for m in events] == ["SIDCommissioningEvent", "LabelsScrappingEvent"]
+    assert events[0].body["serials"] == ["00123456789"]
+    assert events[0].body["context"] == {"Ordnr": "ZI355937", "VIN": "XXXXA0NDXAN6XXXXX",
+                                         "prdline": "ZW", "station": settings.station.name}
+    assert len({m.key for m in events}) == 2  # distinct idempotency keys
+    results = [m for m in await _messages(outbox) if m.stream == "results"]
+    assert [m.kind for m in results] == ["Order", "StepResult", "StepResult"]
+    assert board.user == "alice" and board.script == "ZI355937" and board.cmd == "DATA"
+    assert board.counters["events_committed"] == 2
+
+
+async def test_retransmission_is_acked_once_and_reuse_is_refused(env):
+    _, outbox, _, station = env
+    await station.handle(LoadOrder(ORDER), origin(7, "a"))
+    ok = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789")
+    assert await station.handle(ok, origin(8, "p")) == Ack()
+    assert await station.handle(ok, origin(8, "p")) == Ack(duplicate=True)
+    reply = await station.handle(ok, origin(8, "other"))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.TSN_REUSED
+    assert "tsn 8" in reply.text
+    events = [m for m in await _messages(outbox) if m.stream == "event"]
+    assert len(events) == 1
+    # INIT clears the window: tsn 8 may be used again
+    assert await station.handle(Init(), origin(9)) == Ack()
+    await station.handle(LoadOrder(ORDER), origin(10))
+    assert await station.handle(ok, origin(8, "other")) == Ack()
+
+
+@pytest.mark.parametrize(("data", "refusal", "needle"), [
+    (StepResult("ZI355937", "G5A1", 1, 10, 2, True, "X0123456789"), Refusal.PATTERN_MISMATCH,
+     "11an||00*"),
+    (StepResult("ZI355937", "G5A1", 1, 10, 2, True, "0012345"), Refusal.PATTERN_MISMATCH,
+     "11an||00*"),
+    (StepResult("ZI355937", "G5A1", 1, 10, 9, True, "x"), Refusal.UNKNOWN_STEP, "step 9"),
+    (StepResult("ZI355937", "G9", 1, 10, 1, True, "x"), Refusal.UNKNOWN_STEP, "G9"),
+    (StepResult("OTHER", "G5A1", 1, 10, 2, True, "00123456789"), Refusal.NO_ORDER, "OTHER"),
+])
+async def test_data_refusals_name_the_problem(env, data, refusal, needle):
+    _, outbox, _, station = env
+    await station.handle(LoadOrder(ORDER), origin(1))
+    before = len(await _messages(outbox))
+    reply = await station.handle(data, origin(2))
+    assert isinstance(reply, Nak) and reply.refusal is refusal
+    assert needle in reply.text
+    assert len(await _messages(outbox)) == before  # nothing committed for a refusal
+
+
+async def test_data_without_order_and_print_without_reserve(env):
+    _, _, _, station = env
+    reply = await station.handle(StepResult("Z", "G", 1, 1, 1, True, "1"), origin(1))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.NO_ORDER
+    await station.handle(LoadOrder(ORDER), origin(2))
+    reply = await station.handle(PrintRequest("ZI355937", "GTIN", 2), origin(3))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.RESERVE_EMPTY
+
+
+async def test_require_login(tmp_path):
+    settings = Settings(store=StoreSettings(path=tmp_path / "o.sqlite"),
+                        oip=OipSettings(require_login=True))
+    outbox = await Outbox.open(settings.store)
+    try:
+        station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+        await station.load()
+        reply = await station.handle(LoadOrder(ORDER), origin(1))
+        assert isinstance(reply, Nak) and reply.refusal is Refusal.NOT_LOGGED_IN
+        assert await station.handle(Login("op1"), origin(2)) == Ack()
+        assert await station.handle(LoadOrder(ORDER), origin(3)) == Ack()
+    finally:
+        await outbox.close()
+
+
+async def test_session_and_window_survive_a_restart(tmp_path):
+    settings = Settings(store=StoreSettings(path=tmp_path / "o.sqlite"))
+    outbox = await Outbox.open(settings.store)
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await station.load()
+    await station.handle(Login("alice"), origin(1))
+    await station.handle(LoadOrder(ORDER), origin(2))
+    await outbox.close()
+
+    outbox = await Outbox.open(settings.store)
+    try:
+        board = StatusBoard()
+        station = Station(settings, outbox, board, pattern_check=match_pattern)
+        await station.load()
+        assert station.order == ORDER and station.user == "alice"
+        assert board.script == "ZI355937" and board.user == "alice"
+        # the retransmission window is in the file too
+        assert await station.handle(LoadOrder(ORDER), origin(2)) == Ack(duplicate=True)
+    finally:
+        await outbox.close()
+
+
+async def test_drain_refuses_new_commands(env):
+    _, _, _, station = env
+    assert await station.handle(Ping(), origin(1)) == Ack()
+    assert await station.drain(1.0) is True
+    reply = await station.handle(Ping(), origin(2))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.BUSY
+
+
+async def test_concurrent_commands_all_commit(env):
+    _, outbox, _, station = env
+    await station.handle(LoadOrder(ORDER), origin(1))
+    datas = [dataclasses.replace(StepResult("ZI355937", "G5A1", 1, 10, 2, True,
+                                            f"00{n:09d}")) for n in range(50)]
+    replies = await asyncio.gather(*(station.handle(d, origin(100 + n, peer=f"10.0.1.{n}"))
+                                     for n, d in enumerate(datas)))
+    assert all(r == Ack() for r in replies)
+    events = [m for m in await _messages(outbox) if m.stream == "event"]
+    assert sorted(m.body["serials"][0] for m in events) == sorted(d.value for d in datas)
