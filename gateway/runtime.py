@@ -17,13 +17,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from adapters.oip.pattern import match_pattern
 from adapters.oip.soap import OipSoapServer
 from adapters.oip.tcp import OipTcpServer
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.reserve import Reserve
 from adapters.openscs.upstream import OpenScsUpstream
-
-from adapters.oip.pattern import match_pattern
 from gateway import sdnotify
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery
@@ -32,7 +31,7 @@ from gateway.outbox import Outbox
 from gateway.results import ResultBackup
 from gateway.settings import Settings
 from gateway.station import STREAM_RESULTS, Station
-from gateway.status.server import StatusServer
+from gateway.status import StatusServer, Uploader
 from gateway.supervisor import Service, supervise
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,10 @@ class Runtime:
         """Run until ``stop`` is set; restarts in-process whenever ``restart()`` is called."""
         while not stop.is_set():
             self._restart.clear()
-            await self._run_once(stop)
-            if stop.is_set():
+            restarting = await self._run_once(stop)
+            if stop.is_set() or not restarting:
                 break
             log.warning("restarting the runtime")
-            self.board.user = ""
 
     async def _build(self) -> Components:
         s = self.settings
@@ -120,15 +118,20 @@ class Runtime:
             comps.background.append(client)
         if reserve is not None:
             comps.background.append(reserve)
+        status: StatusServer | None = None
         if s.opcua_server.enable:
-            comps.background.append(StatusServer(s, self.board, self.restart))
+            status = StatusServer(s, self.board, self.restart)
+            comps.background.append(status)
+        if s.opcua_server.aggregator.url:
+            comps.background.append(Uploader(s, self.board, source=status))
         if s.oip.tcp.enable:
             comps.ingress.append(OipTcpServer(s.oip, station, self.board))
         if s.oip.soap.enable:
             comps.ingress.append(OipSoapServer(s.oip, station, self.board))
         return comps
 
-    async def _run_once(self, stop: asyncio.Event) -> None:
+    async def _run_once(self, stop: asyncio.Event) -> bool:
+        """One start of the runtime; True when it stopped for a restart."""
         comps = await self._build()
         self.components = comps
         self.starts += 1
@@ -155,7 +158,10 @@ class Runtime:
                         w.cancel()
                 self.ready.clear()
                 sdnotify.notify("STOPPING=1")
+                restarting = self._restart.is_set() and not stop.is_set()
                 drained = await comps.station.drain(sup.shutdown_grace_s)
+                if restarting:
+                    await comps.station.logout()  # restart logs active users out (seed 000)
                 log.info("shutdown: in-flight commands %s", "committed" if drained else
                          "cut off after the grace period (not acknowledged, the PAC resends)")
                 for task in ingress:
@@ -166,6 +172,7 @@ class Runtime:
         finally:
             await comps.outbox.close()
             log.info("outbox closed")
+        return restarting
 
     @staticmethod
     async def _wait_ready(services: Sequence[Service]) -> None:
