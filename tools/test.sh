@@ -27,7 +27,8 @@ if command -v npm >/dev/null 2>&1; then
     [ -f "$dir/package.json" ] || continue
     if [ ! -d "$dir/node_modules" ] || [ "$dir/package.json" -nt "$dir/node_modules" ]; then
       echo "test: npm install in $dir" >&2
-      (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules)
+      if [ -f "$dir/package-lock.json" ]; then verb=ci; else verb=install; fi
+      (cd "$dir" && npm "$verb" --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules)
     fi
   done
 else
