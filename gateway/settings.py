@@ -174,6 +174,9 @@ class ReserveSettings:
                                "PRINT asks for them.")
     low_water: int = _f(100, "Refill a selection's reserve below this many.", min=0)
     fill_to: int = _f(500, "Refill up to this many.", min=1)
+    check_interval_s: float = _f(5.0, "How often the reserve checks its levels and queues "
+                                 "returns (it also wakes when a PRINT takes or an order "
+                                 "closes).", min=0.01)
 
 
 @dataclass(frozen=True)
