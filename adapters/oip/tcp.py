@@ -1,0 +1,158 @@
+"""OIP over TCP: a thin asyncio server around the sans-IO ``Decoder``.
+
+Per connection, packets are handled in order: each decoded command goes to
+``station.handle`` (which returns after the outbox commit) and its ACK/NAK is written back;
+packets the codec refuses are NAKed without reaching the station. The connection survives a
+NAK. A connection silent for ``idle_timeout_s`` (or not reading its replies for that long)
+is closed. Peers outside ``allowed_peers`` are closed at once; past ``max_connections`` a
+peer gets ``NAK 12 busy`` (tsn 0) and is closed. One connection's failure never touches
+another: each has its own task, decoder and buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from adapters.oip.codec import Decoder, Packet, Refused, encode_nak, encode_reply
+from adapters.oip.common import (
+    PeerFilter,
+    StationLike,
+    call_station,
+    limits_of,
+    server_ssl_context,
+)
+from gateway.board import StatusBoard
+from gateway.errors import LocalProtocolError
+from gateway.model import Nak, Origin, Refusal
+from gateway.settings import OipSettings
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 16_384
+
+
+class OipTcpServer:
+    name = "oip-tcp"
+
+    def __init__(self, settings: OipSettings, station: StationLike, board: StatusBoard) -> None:
+        self.settings = settings
+        self.tcp = settings.tcp
+        self.station = station
+        self.board = board
+        self.limits = limits_of(settings)
+        self.peers = PeerFilter(self.tcp.allowed_peers, "oip.tcp")
+        self.ready = asyncio.Event()
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # every connection handler
+        self._active: set[asyncio.Task[None]] = set()  # admitted sessions (max_connections)
+
+    async def serve(self) -> None:
+        ssl_ctx = server_ssl_context(self.tcp.tls)
+        server = await asyncio.start_server(self._connected, self.tcp.listen_address,
+                                            self.tcp.listen_port, ssl=ssl_ctx,
+                                            limit=READ_CHUNK)
+        self.port = server.sockets[0].getsockname()[1]
+        self.board.set_adapter(self.name, "listening")
+        log.info("OIP TCP listening on %s:%d%s", self.tcp.listen_address, self.port,
+                 " (TLS)" if ssl_ctx else "")
+        self.ready.set()
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            # listener first, then the connections (3.12's wait_closed waits for them)
+            self.ready.clear()
+            server.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+            self.board.set_adapter(self.name, "stopped")
+
+    @property
+    def connections(self) -> int:
+        """Admitted connections right now."""
+        return len(self._active)
+
+    async def _connected(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        host = str(peer[0])
+        try:
+            if not self.peers.allows(host):
+                log.warning("OIP TCP: refused %s (not in oip.tcp.allowed_peers)", host)
+                self.board.incr("oip_peers_refused")
+                return
+            if len(self._active) >= self.tcp.max_connections:
+                log.warning("OIP TCP: refused %s: %d connections already", host,
+                            len(self._active))
+                self.board.incr("oip_naks")
+                writer.write(encode_nak(0, Refusal.BUSY, "too many connections"))
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(writer.drain(), 1.0)
+                return
+            self._active.add(task)
+            log.info("OIP TCP: %s:%s connected", host, peer[1])
+            await self._session(reader, writer, host)
+        except (OSError, TimeoutError) as exc:
+            log.info("OIP TCP: %s: connection ended: %s", host, exc)
+        finally:
+            self._active.discard(task)
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       host: str) -> None:
+        decoder = Decoder(self.limits)
+        timeout = self.tcp.idle_timeout_s
+        garbage = 0
+        while True:
+            try:
+                async with asyncio.timeout(timeout):  # cheaper than wait_for per frame
+                    data = await reader.read(READ_CHUNK)
+            except TimeoutError:
+                log.info("OIP TCP: %s idle for %.1fs, closing", host, timeout)
+                return
+            if not data:
+                log.info("OIP TCP: %s closed the connection", host)
+                return
+            decoder.receive_data(data)
+            if decoder.garbage_bytes != garbage:
+                self.board.incr("oip_garbage_bytes", decoder.garbage_bytes - garbage)
+                garbage = decoder.garbage_bytes
+            while True:
+                event = decoder.next_event()
+                if isinstance(event, Packet):
+                    reply = await self._handle(event, host)
+                elif isinstance(event, Refused):
+                    log.warning("OIP TCP: %s tsn %d refused: %s", host, event.tsn, event.detail)
+                    self.board.incr("oip_naks")
+                    reply = encode_nak(event.tsn, event.refusal, event.detail)
+                else:
+                    break
+                writer.write(reply)
+            async with asyncio.timeout(timeout):  # a peer not reading its replies
+                await writer.drain()
+
+    async def _handle(self, packet: Packet, host: str) -> bytes:
+        self.board.incr("oip_frames_in")
+        origin = Origin("tcp", host, packet.header.tsn, packet.payload_hash)
+        reply = await call_station(self.station, packet.command, origin)
+        if isinstance(reply, Nak):
+            self.board.incr("oip_naks")
+            log.info("OIP TCP: %s tsn %d %s NAK: %s", host, packet.header.tsn,
+                     packet.header.cmd, reply.text)
+        try:
+            return encode_reply(packet.header.tsn, reply)
+        except LocalProtocolError as exc:  # e.g. a serial number OIP cannot carry
+            log.error("OIP TCP: %s tsn %d: cannot encode the reply: %s", host,
+                      packet.header.tsn, exc)
+            self.board.incr("oip_naks")
+            return encode_nak(packet.header.tsn, Refusal.INTERNAL, f"reply not encodable: {exc}")

@@ -1,0 +1,281 @@
+"""OIP over SOAP/XML: zeep (an independent SOAP client) against the running server, the
+seed's XML as written, and a hostile XML set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import zeep
+from lxml import etree
+from zeep import Plugin, xsd
+
+from adapters.oip import xmlcodec
+from adapters.oip.codec import parse_packet
+from adapters.oip.soap import OipSoapServer
+from gateway.board import StatusBoard
+from gateway.model import (
+    Init,
+    LoadOrder,
+    Login,
+    Ping,
+    PrintRequest,
+    StepResult,
+)
+from gateway.settings import OipSettings, OipSoapSettings, TlsSettings
+from tests.test_oip_codec import seed_soap_order, seed_tcp_order, seed_text
+from tests.test_oip_tcp import RecordingStation, client_ctx, make_cert
+from tools.pacsim import SEED_ORDER, SoapPac, run_stream, seed_commands
+
+HOST = "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def soap_server(station: RecordingStation | None = None, board: StatusBoard | None = None,
+                      **soap: object) -> AsyncIterator[OipSoapServer]:
+    settings = OipSettings(soap=OipSoapSettings(listen_port=0, **soap))  # type: ignore[arg-type]
+    server = OipSoapServer(settings, station or RecordingStation(), board or StatusBoard())
+    task = asyncio.create_task(server.serve())
+    await asyncio.wait_for(server.ready.wait(), 10)
+    try:
+        yield server
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def url(server: OipSoapServer, scheme: str = "http") -> str:
+    return f"{scheme}://{HOST}:{server.port}/oip"
+
+
+class AppendRaw(Plugin):
+    """Puts raw lxml elements into the Body: zeep drops mixed-content text otherwise."""
+
+    def __init__(self, *elements: etree._Element) -> None:
+        self.elements = elements
+
+    def egress(self, envelope, http_headers, operation, binding_options):
+        body = envelope.find(f"{{{xmlcodec.SOAP_ENV}}}Body")
+        for el in self.elements:
+            body.append(el)
+        return envelope, http_headers
+
+
+def seed_aorder() -> etree._Element:
+    text = seed_text()
+    return etree.fromstring(text[text.index("<AORDER>"):text.index("</AORDER>") + 9])
+
+
+async def post(server: OipSoapServer, body: bytes) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.post(url(server), data=body,
+                                                    headers={"Content-Type": "text/xml"}) as r:
+        return r.status, await r.read()
+
+
+def reply_of(body: bytes) -> tuple[bool, int, int, str, tuple[str, ...]]:
+    return xmlcodec.decode_reply(xmlcodec.parse_xml(body))
+
+
+# --------------------------------------------------------------------------- zeep
+
+
+async def test_zeep_sends_the_seed_order_and_it_equals_the_tcp_decode():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        def call() -> object:
+            client = zeep.Client(url(server) + "?wsdl", plugins=[AppendRaw(seed_aorder())])
+            return client.service.Order(
+                OIPHEAD={"cmd": "ORDER", "code": 5701, "tsn": 12345, "length": 732},
+                AORDER=xsd.SkipValue)
+
+        result = await asyncio.to_thread(call)
+    assert (result.cmd, result.code, result.tsn) == ("ACK", 0, 12345)
+    [(command, origin)] = station.calls
+    _, tcp = parse_packet(seed_tcp_order())
+    assert isinstance(command, LoadOrder) and isinstance(tcp, LoadOrder)
+    for name in ("Ordnr", "Sts", "min", "max", "Seq", "ext", "VIN", "intclr", "dst", "drv",
+                 "prdline"):
+        assert getattr(command.order, name) == getattr(tcp.order, name), name
+    for a, b in zip(command.order.instructions, tcp.order.instructions, strict=True):
+        for name in ("group", "gord", "iord", "item", "sitem", "iname", "qty", "steps"):
+            assert getattr(a, name) == getattr(b, name), name
+    assert command == tcp
+    assert (origin.transport, origin.peer, origin.tsn) == ("soap", HOST, 12345)
+
+
+async def test_zeep_speaks_every_other_command():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        def calls() -> list[object]:
+            svc = zeep.Client(url(server) + "?wsdl").service
+
+            def head(cmd: str, tsn: int) -> dict[str, object]:
+                return {"cmd": cmd, "code": 0, "tsn": tsn}
+
+            return [
+                svc.Login(OIPHEAD=head("LOGIN", 1), ALOGIN={"user": "alice", "extra": ["x"]}),
+                svc.Data(OIPHEAD=head("DATA", 2), ADATA={
+                    "Ordnr": "ZI355937", "group": "G5A1", "gord": 1, "iord": 10, "step": 2,
+                    "result": "OK", "value": "00123456789"}),
+                svc.Print(OIPHEAD=head("PRINT", 3), APRINT={"Ordnr": "ZI355937",
+                                                            "selection": "GTIN", "count": 2}),
+                svc.Ping(**head("PING", 4)),  # one part: zeep unwraps its fields
+                svc.Init(**head("INIT", 5)),
+                svc.Print(OIPHEAD=head("PRINT", 3), APRINT={"Ordnr": "ZI355937",
+                                                            "selection": "GTIN", "count": 5}),
+            ]
+
+        results = await asyncio.to_thread(calls)
+    assert [(r.cmd, r.tsn) for r in results[:5]] == [("ACK", n) for n in range(1, 6)]
+    assert results[2].sn == ["SN000000", "SN000001"]
+    assert (results[5].cmd, results[5].code) == ("NAK", 6)  # tsn 3 reused, other content
+    assert station.commands() == [
+        Login("alice", ("x",)), StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789"),
+        PrintRequest("ZI355937", "GTIN", 2), Ping(), Init(), PrintRequest("ZI355937", "GTIN", 5),
+    ]
+
+
+# --------------------------------------------------------------------------- raw XML
+
+
+async def test_the_seed_xml_as_written_is_accepted():
+    station, board = RecordingStation(), StatusBoard()
+    async with soap_server(station, board) as server:
+        status, body = await post(server, seed_soap_order())
+    assert status == 200
+    assert reply_of(body)[:3] == (True, 0, 12345)
+    assert station.commands() == [LoadOrder(SEED_ORDER)]
+    assert board.counters["oip_frames_in"] == 1
+
+
+async def test_retransmission_hash_ignores_formatting():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        pac = SoapPac(url(server))
+        first = await pac.request(LoadOrder(SEED_ORDER), 12345, 5701)
+        await pac.close()
+        status, body = await post(server, seed_soap_order())  # same content, other layout
+    assert first.ack and status == 200 and reply_of(body)[0]
+    assert station.calls[0][1].payload_hash == station.calls[1][1].payload_hash
+
+
+async def test_readable_but_wrong_request_gets_a_nak_body():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        bad = seed_soap_order().replace(b"<qty>1</qty>", b"<qty>one</qty>", 1)
+        status, body = await post(server, bad)
+        status2, body2 = await post(server, seed_soap_order().replace(b">ORDER<", b">BREW<"))
+    assert status == 200
+    ack, code, tsn, text, _ = reply_of(body)
+    assert (ack, code, tsn) == (False, 1, 12345) and "instr[1]/qty" in text
+    assert status2 == 200 and reply_of(body2)[:3] == (False, 4, 12345)
+    assert station.calls == []
+
+
+HOSTILE = {
+    "xxe": b"""<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>
+<OIPHEAD><cmd>LOGIN</cmd><code>0</code><tsn>1</tsn></OIPHEAD><ALOGIN><user>&x;</user></ALOGIN>
+</soap:Body></soap:Envelope>""",
+    "billion_laughs": b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">
+<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+<!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+<!ENTITY lol9 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>
+<OIPHEAD><cmd>LOGIN</cmd><code>0</code><tsn>1</tsn></OIPHEAD><ALOGIN><user>&lol9;</user>
+</ALOGIN></soap:Body></soap:Envelope>""",
+    "external_dtd": b"""<?xml version="1.0"?>
+<!DOCTYPE soap:Envelope SYSTEM "http://127.0.0.1:9/evil.dtd">
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body/>
+</soap:Envelope>""",
+    "not_xml": b"ORDER,5701,12345,202;",
+    "not_soap": b"<OIPHEAD><cmd>PING</cmd><code>0</code><tsn>1</tsn></OIPHEAD>",
+    "no_head": b"""<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+<soap:Body><ALOGIN><user>u</user></ALOGIN></soap:Body></soap:Envelope>""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+async def test_hostile_xml_is_refused_with_a_fault(name):
+    station, board = RecordingStation(), StatusBoard()
+    async with soap_server(station, board) as server:
+        status, body = await post(server, HOSTILE[name])
+        ok_status, ok_body = await post(server, xmlcodec.encode_request(Ping(), 9))
+    assert status == 500
+    root = etree.fromstring(body)
+    fault = root.find(f".//{{{xmlcodec.SOAP_ENV}}}Fault")
+    assert fault is not None and fault.findtext("faultcode") == "soap:Client"
+    ack, code, _, text, _ = reply_of(body)
+    assert (ack, code) == (False, 1) and text
+    assert b"root:" not in body and b"lollol" not in body
+    assert station.commands() == [Ping()]  # only the good request got through
+    assert ok_status == 200 and reply_of(ok_body)[0]
+    assert board.counters["oip_naks"] == 1
+
+
+async def test_oversized_body_is_refused_without_reading_it():
+    station = RecordingStation()
+    async with soap_server(station, max_body_bytes=4096) as server:
+        big = seed_soap_order().replace(b"wZw Black Pad", b"x" * 10_000)
+        status, body = await post(server, big)
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked upload
+            for _ in range(10):
+                yield b" " * 1000
+
+        async with aiohttp.ClientSession() as s, s.post(url(server), data=chunks()) as r:
+            status2, body2 = r.status, await r.read()
+    assert status == 413 and reply_of(body)[:2] == (False, 3)
+    assert status2 == 413 and reply_of(body2)[:2] == (False, 3)
+    assert station.calls == []
+
+
+async def test_wsdl_and_xsd_are_served_and_the_seed_validates():
+    async with soap_server() as server, aiohttp.ClientSession() as s:
+        async with s.get(url(server) + "?wsdl") as r:
+            wsdl = await r.read()
+        async with s.get(url(server) + "?xsd") as r:
+            xsd_text = await r.read()
+        async with s.get(url(server)) as r:
+            assert r.status == 404
+    assert f"http://{HOST}:{server.port}/oip".encode() in wsdl
+    schema = etree.XMLSchema(etree.fromstring(xsd_text))
+    seed = seed_aorder()
+    seed.tag = f"{{{xmlcodec.NS}}}AORDER"  # the seed's root element, in our namespace
+    assert schema.validate(seed), schema.error_log
+    ours = xmlcodec.order_element(SEED_ORDER)
+    assert schema.validate(ours), schema.error_log
+
+
+async def test_https(tmp_path):
+    cert = make_cert(tmp_path)
+    station = RecordingStation()
+    async with soap_server(station, tls=TlsSettings(enable=True, path=tmp_path)) as server:
+        pac = SoapPac(url(server, "https"), client_ctx(cert))
+        reply = await pac.request(LoadOrder(SEED_ORDER), 7)
+        await pac.close()
+        with pytest.raises(aiohttp.ClientError):
+            async with aiohttp.ClientSession() as s, s.post(url(server), data=b"x") as r:
+                await r.read()
+    assert reply.ack and station.commands() == [LoadOrder(SEED_ORDER)]
+    assert isinstance(client_ctx(cert), ssl.SSLContext)
+
+
+
+async def test_pacsim_over_soap():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        stats = await run_stream("soap", HOST, server.port, connections=2, count=10)
+        pac = SoapPac(url(server))
+        replies = [await pac.request(c, 100 + n) for n, c in enumerate(seed_commands())]
+        await pac.close()
+    assert (stats.acks, stats.naks) == (10, 0)
+    assert all(r.ack for r in replies) and replies[-1].serials
+    assert station.commands()[-len(replies):] == seed_commands()

@@ -1,0 +1,421 @@
+"""OIP over TCP: real sockets on loopback against the server, a PAC simulator as the peer.
+
+The station here is a small in-test recorder with Station.handle's signature (it is an internal
+collaborator, not a protocol peer); tests/test_oip_commit.py runs the real Station + Outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from adapters.oip.codec import encode_command
+from adapters.oip.tcp import OipTcpServer
+from gateway.board import StatusBoard
+from gateway.errors import StoreFull
+from gateway.model import (
+    Ack,
+    Command,
+    Init,
+    LoadOrder,
+    Login,
+    Nak,
+    Origin,
+    Ping,
+    PrintRequest,
+    Refusal,
+    Reply,
+)
+from gateway.settings import OipSettings, OipTcpSettings, TlsSettings
+from tests.conftest import ROOT
+from tests.test_oip_codec import seed_tcp_order, seed_text
+from tools.pacsim import SEED_ORDER, TcpPac, run_stream, seed_commands
+
+HOST = "127.0.0.1"
+
+
+class RecordingStation:
+    """Records what it got; answers like the real one (dedup, PRINT serials, store full)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Command, Origin]] = []
+        self.seen: dict[tuple[str, int], tuple[str, Reply]] = {}
+        self.full = False
+        self.gate: asyncio.Event | None = None
+        self.next_serial = 0
+
+    async def handle(self, command: Command, origin: Origin) -> Reply:
+        self.calls.append((command, origin))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.full:
+            raise StoreFull("disk below min_free_disk_mb")
+        key = (origin.peer, origin.tsn)
+        if key in self.seen and not isinstance(command, Ping | Init):
+            digest, reply = self.seen[key]
+            if digest != origin.payload_hash:
+                return Nak(Refusal.TSN_REUSED, f"tsn {origin.tsn} reused with other content")
+            return replace(reply, duplicate=True) if isinstance(reply, Ack) else reply
+        reply: Reply = Ack()
+        if isinstance(command, PrintRequest):
+            serials = tuple(f"SN{self.next_serial + k:06d}" for k in range(command.count))
+            self.next_serial += command.count
+            reply = Ack(serials)
+        if not isinstance(command, Ping | Init):
+            self.seen[key] = (origin.payload_hash, reply)
+        return reply
+
+    def commands(self) -> list[Command]:
+        return [c for c, _ in self.calls]
+
+
+def oip_settings(**tcp: object) -> OipSettings:
+    limits = {k: tcp.pop(k) for k in ("max_packet_bytes",) if k in tcp}
+    return OipSettings(tcp=OipTcpSettings(listen_port=0, **tcp), **limits)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(server: OipTcpServer) -> AsyncIterator[OipTcpServer]:
+    task = asyncio.create_task(server.serve())
+    await asyncio.wait_for(server.ready.wait(), 10)
+    try:
+        yield server
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(station: object = None, board: StatusBoard | None = None,
+                     **tcp: object) -> AsyncIterator[OipTcpServer]:
+    server = OipTcpServer(oip_settings(**tcp), station or RecordingStation(),
+                          board or StatusBoard())
+    async with running(server):
+        yield server
+
+
+async def pac(server: OipTcpServer, ssl_ctx: ssl.SSLContext | None = None) -> TcpPac:
+    return await TcpPac.connect(HOST, server.port, ssl_ctx)
+
+
+async def assert_closed(p: TcpPac) -> None:
+    """The server closes the connection (bounded wait, not a timing assertion)."""
+    try:
+        data = await asyncio.wait_for(p.reader.read(), 20)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_seed_order_is_acked_and_reaches_the_station():
+    station, board = RecordingStation(), StatusBoard()
+    async with tcp_server(station, board) as server:
+        p = await pac(server)
+        await p.send_raw(seed_tcp_order())
+        reply = await p.reply()
+        await p.close()
+    assert reply.ack and reply.tsn == 12345 and reply.code == 0
+    [(command, origin)] = station.calls
+    assert command == LoadOrder(SEED_ORDER)
+    assert origin == Origin("tcp", HOST, 12345, hashlib.sha256(seed_tcp_order()).hexdigest())
+    assert board.counters["oip_frames_in"] == 1
+    assert board.adapters["oip-tcp"] == "stopped"
+
+
+async def test_nak_and_the_connection_survives():
+    station, board = RecordingStation(), StatusBoard()
+    async with tcp_server(station, board) as server:
+        p = await pac(server)
+        await p.send_raw(b"\x02ORDER,0,77,30;not,an,order\x03")
+        bad = await p.reply()
+        await p.send_raw(b"\x02FROB,0,78,15\x03")
+        unknown = await p.reply()
+        good = await p.request(Ping(), 79)
+        await p.close()
+    assert (bad.ack, bad.code, bad.tsn) == (False, 2, 77)  # length mismatch (30 != 31)
+    assert "says 30 bytes" in bad.text
+    assert (unknown.ack, unknown.code, unknown.tsn) == (False, 4, 78)
+    assert good.ack and good.tsn == 79
+    assert station.commands() == [Ping()]  # refused packets never reach the station
+    assert board.counters["oip_naks"] == 2
+
+
+async def test_garbage_is_skipped_and_counted():
+    board = StatusBoard()
+    async with tcp_server(board=board) as server:
+        p = await pac(server)
+        await p.send_raw(b"\r\nhello" + encode_command(Ping(), 5) + b"\n")
+        reply = await p.reply()
+        await p.send_raw(encode_command(Ping(), 6))
+        assert (await p.reply()).tsn == 6
+        await p.close()
+    assert reply.ack and reply.tsn == 5
+    assert board.counters["oip_garbage_bytes"] == 8
+
+
+async def test_pipelined_packets_are_answered_in_order():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        p = await pac(server)
+        await p.send_raw(b"".join(encode_command(Login(f"u{n}"), n) for n in range(1, 51)))
+        replies = [await p.reply() for _ in range(50)]
+        await p.close()
+    assert [r.tsn for r in replies] == list(range(1, 51))
+    assert all(r.ack for r in replies)
+    assert station.commands() == [Login(f"u{n}") for n in range(1, 51)]
+
+
+async def test_retransmission_on_a_new_connection_and_tsn_reuse():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        first = await pac(server)
+        r1 = await first.request(PrintRequest("ZI355937", "GTIN1", 2), 500)
+        await first.close()  # the PAC lost the ACK and reconnects
+        second = await pac(server)
+        r2 = await second.request(PrintRequest("ZI355937", "GTIN1", 2), 500)
+        r3 = await second.request(PrintRequest("ZI355937", "GTIN1", 3), 500)
+        await second.close()
+    assert r1.ack and r2.ack and r1.serials == r2.serials == ("SN000000", "SN000001")
+    assert (r3.ack, r3.code, r3.tsn) == (False, 6, 500)
+    hashes_seen = [o.payload_hash for _, o in station.calls]
+    assert hashes_seen[0] == hashes_seen[1] != hashes_seen[2]
+
+
+async def test_store_full_is_a_nak_not_a_crash():
+    station = RecordingStation()
+    station.full = True
+    async with tcp_server(station) as server:
+        p = await pac(server)
+        r = await p.request(LoadOrder(SEED_ORDER), 9)
+        station.full = False
+        r2 = await p.request(LoadOrder(SEED_ORDER), 10)
+        await p.close()
+    assert (r.ack, r.code) == (False, 5) and "min_free_disk_mb" in r.text
+    assert r2.ack
+
+
+async def test_idle_connection_is_closed():
+    async with tcp_server(idle_timeout_s=0.3) as server:
+        p = await pac(server)
+        await assert_closed(p)
+        p2 = await pac(server)  # the server itself goes on
+        assert (await p2.request(Ping(), 1)).ack
+        await p2.close()
+
+
+async def test_max_connections():
+    board = StatusBoard()
+    async with tcp_server(board=board, max_connections=2) as server:
+        a, b = await pac(server), await pac(server)
+        assert (await a.request(Ping(), 1)).ack and (await b.request(Ping(), 1)).ack
+        c = await pac(server)
+        busy = await c.reply()
+        await assert_closed(c)
+        assert (await a.request(Ping(), 2)).ack  # the others are untouched
+        await a.close()
+        for _ in range(200):  # bounded wait for the server to notice the close
+            if server.connections < 2:
+                break
+            await asyncio.sleep(0.05)
+        d = await pac(server)
+        assert (await d.request(Ping(), 1)).ack
+        await b.close()
+        await d.close()
+    assert (busy.ack, busy.code, busy.tsn) == (False, 12, 0)
+
+
+async def test_disallowed_peer_is_closed_without_reaching_the_station():
+    station, board = RecordingStation(), StatusBoard()
+    async with tcp_server(station, board, allowed_peers=["10.0.0.0/8", "192.168.1.7"]) as s:
+        p = await pac(s)
+        await p.send_raw(encode_command(Ping(), 1))
+        await assert_closed(p)
+    assert station.calls == []
+    assert board.counters["oip_peers_refused"] == 1
+    async with tcp_server(station, allowed_peers=["127.0.0.0/8"]) as s:
+        p = await pac(s)
+        assert (await p.request(Ping(), 1)).ack
+        await p.close()
+
+
+async def test_slow_sender_does_not_hold_up_another_peer():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        slow, fast = await pac(server), await pac(server)
+        raw = seed_tcp_order()
+        for i, byte in enumerate(raw[:-1]):
+            await slow.send_raw(bytes([byte]))
+            if i % 40 == 0:
+                await asyncio.sleep(0.01)
+                assert (await fast.request(Ping(), i + 1)).ack
+        await slow.send_raw(raw[-1:])
+        reply = await slow.reply()
+        await slow.close()
+        await fast.close()
+    assert reply.ack and reply.tsn == 12345
+    assert station.commands()[-1] == LoadOrder(SEED_ORDER)
+
+
+async def test_oversized_packet_refused_and_the_peer_goes_on():
+    board = StatusBoard()
+    async with tcp_server(board=board, max_packet_bytes=1024) as server:
+        p = await pac(server)
+        other = await pac(server)
+        await p.send_raw(b"\x02LOGIN,0,66,200000;")
+        for _ in range(100):  # 200 kB that the server must not buffer
+            await p.send_raw(b"x" * 2000)
+        refused = await p.reply()
+        await p.send_raw(b"\x03")
+        after = await p.request(Ping(), 67)
+        assert (await other.request(Ping(), 1)).ack
+        await p.close()
+        await other.close()
+    assert (refused.ack, refused.code, refused.tsn) == (False, 3, 66)
+    assert after.ack
+
+
+async def test_a_peer_vanishing_mid_packet_affects_no_one():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        good = await pac(server)
+        for n in range(5):
+            bad = await pac(server)
+            await bad.send_raw(seed_tcp_order()[: 50 + n])
+            bad.writer.transport.abort()
+            assert (await good.request(Ping(), n)).ack
+        await good.close()
+    assert station.commands() == [Ping()] * 5
+
+
+async def test_cancel_closes_listener_and_connections():
+    station = RecordingStation()
+    server = OipTcpServer(oip_settings(), station, StatusBoard())
+    task = asyncio.create_task(server.serve())
+    await server.ready.wait()
+    p = await pac(server)
+    assert (await p.request(Ping(), 1)).ack
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await assert_closed(p)
+    with pytest.raises(OSError):
+        await asyncio.open_connection(HOST, server.port)
+
+
+def make_cert(tmp_path: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return tmp_path / "cert.pem"
+
+
+def client_ctx(cert: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    return ctx
+
+
+async def test_tls(tmp_path):
+    cert = make_cert(tmp_path)
+    station = RecordingStation()
+    async with tcp_server(station, tls=TlsSettings(enable=True, path=tmp_path)) as server:
+        p = await pac(server, client_ctx(cert))
+        await p.send_raw(seed_tcp_order())
+        reply = await p.reply()
+        await p.close()
+        plain = await pac(server)  # a plain-TCP peer cannot talk to a TLS listener
+        await plain.send_raw(seed_tcp_order())
+        await assert_closed(plain)
+    assert reply.ack and station.commands() == [LoadOrder(SEED_ORDER)]
+
+
+async def test_station_call_in_flight_is_cancelled_with_the_server():
+    station = RecordingStation()
+    station.gate = asyncio.Event()  # the station never answers
+    server = OipTcpServer(oip_settings(), station, StatusBoard())
+    task = asyncio.create_task(server.serve())
+    await server.ready.wait()
+    p = await pac(server)
+    await p.send_raw(encode_command(Ping(), 1))
+    for _ in range(200):
+        if station.calls:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await assert_closed(p)  # no ACK was sent for what was never committed
+
+
+# --------------------------------------------------------------------------- PAC simulator
+
+
+async def run_pacsim(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.pacsim", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_pacsim_sends_the_seed_examples():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        code, out = await run_pacsim("--port", str(server.port), "--login", "alice", "seed")
+    assert code == 0, out
+    assert station.commands() == [Login("alice"), *seed_commands()]
+    assert [o.tsn for _, o in station.calls[1:3]] == [12345, 12346]
+    assert "tsn 12345: ACK" in out and "serials SN000000,SN000001" in out
+
+
+async def test_pacsim_sends_a_file_of_frames(tmp_path):
+    text = seed_text()
+    frames = tmp_path / "frames.txt"  # the seed's display form, line breaks and all
+    frames.write_text(text[text.index("{stx}"):text.index("{etx}") + 5] + "\n"
+                      + "{stx}PING,0,7,13{etx}\n")
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        code, out = await run_pacsim("--port", str(server.port), "file", str(frames))
+    assert code == 0, out
+    assert station.commands() == [LoadOrder(SEED_ORDER), Ping()]
+
+
+async def test_pacsim_stream_over_several_connections():
+    station = RecordingStation()
+    async with tcp_server(station) as server:
+        stats = await run_stream("tcp", HOST, server.port, connections=3, count=30,
+                                 pipeline=4)
+        code, out = await run_pacsim("--port", str(server.port), "stream", "--count", "12",
+                                     "--connections", "2")
+    assert (stats.sent, stats.acks, stats.naks) == (30, 30, 0)
+    assert code == 0 and "ACK 12, NAK 0" in out, out
+    kinds = {type(c).__name__ for c in station.commands()}
+    assert kinds == {"LoadOrder", "StepResult"}
