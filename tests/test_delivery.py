@@ -1,0 +1,139 @@
+"""The delivery loop against a real OPC UA upstream: dead letters, partial results, retry
+order, prompt wake-up, the status board, and the backoff rule."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway import delivery as delivery_mod
+from gateway.board import StatusBoard
+from gateway.delivery import Delivery, Upstream, backoff_s
+from gateway.model import DeliveryResult, NewMessage, Outcome, StoredMessage
+from gateway.outbox import Outbox
+from gateway.settings import DeliverySettings, StoreSettings
+from tests.test_faults import until
+from tools.mini_upstream import MiniUpstream, MiniUpstreamClient, applied
+
+FAST = DeliverySettings(batch_max=10, retry_initial_s=0.02, retry_max_s=0.2)
+
+
+class Stuttering:
+    """A real upstream client that the gateway sees answer partially: of each batch only the
+    first ``take`` are sent, and every third call answers RETRY for the first of them."""
+
+    def __init__(self, inner: Upstream, take: int) -> None:
+        self.inner, self.take, self.calls = inner, take, 0
+
+    async def deliver(self, stream: str,
+                      batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            return [DeliveryResult(Outcome.RETRY, "BadTooManyOperations: busy")]
+        return await self.inner.deliver(stream, batch[: self.take])
+
+
+Env = tuple[Outbox, MiniUpstream, MiniUpstreamClient]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    up = MiniUpstream(tmp_path / "up.sqlite")
+    await up.start()
+    outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+    client = MiniUpstreamClient(f"opc.tcp://127.0.0.1:{up.port}/")
+    yield outbox, up, client
+    await client.close()
+    await outbox.close()
+    await up.stop()
+
+
+async def _serve(delivery: Delivery) -> asyncio.Task[None]:
+    return asyncio.create_task(delivery.serve())
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_dead_letter_does_not_block_the_stream(env: Env) -> None:
+    outbox, up, client = env
+    board = StatusBoard()
+    task = await _serve(Delivery(outbox, client, FAST, board))
+    msgs = [NewMessage("event", "E", f"k{n}", {"n": n, **({"invalid": "BadSerial"} if n == 4
+                                                            else {})}) for n in range(12)]
+    await outbox.submit(msgs)
+
+    async def settled() -> bool:
+        s = await outbox.stats()
+        return s.pending == 0 and board.health.get("outbox_dead") == 1
+
+    await until(settled)
+    await _stop(task)
+    assert [k for _, k, _ in applied(up.db_path)] == [f"k{n}" for n in range(12) if n != 4]
+    [dead] = await outbox.dead_list()
+    assert dead.message.key == "k4" and dead.reason == "INVALID: BadSerial"
+    assert "BadSerial" in str(board.health["outbox_dead_alarm"])
+    assert board.health["outbox_backlog"] == 0
+
+
+async def test_partial_and_retry_results_keep_the_order(env: Env) -> None:
+    outbox, up, client = env
+    stutter = Stuttering(client, take=3)
+    task = await _serve(Delivery(outbox, stutter, FAST, StatusBoard(), seed=3))
+    for lo in range(0, 60, 20):
+        await outbox.submit([NewMessage(f"s{n % 2}", "E", f"k{n}", {"n": n})
+                             for n in range(lo, lo + 20)])
+    await until(lambda: _drained(outbox))
+    await _stop(task)
+    rows = applied(up.db_path)
+    for s in (0, 1):
+        assert [b["n"] for st, _, b in rows if st == f"s{s}"] == list(range(s, 60, 2))
+    assert stutter.calls > 20  # really went through partial batches and retries
+
+
+async def _drained(outbox: Outbox) -> bool:
+    return (await outbox.stats()).pending == 0
+
+
+async def test_new_messages_wake_delivery_without_polling(env: Env,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        ) -> None:
+    outbox, up, client = env
+    monkeypatch.setattr(delivery_mod, "FALLBACK_POLL_S", 3600.0)
+    task = await _serve(Delivery(outbox, client, FAST, StatusBoard()))
+    await asyncio.sleep(0.2)  # idle: no stream known yet
+    await outbox.submit([NewMessage("pool", "E", "p1", {})])  # a new stream
+    await until(lambda: _drained(outbox), within_s=30)
+    await outbox.submit([NewMessage("pool", "E", "p2", {})])  # a known, idle stream
+    await until(lambda: _drained(outbox), within_s=30)
+    await _stop(task)
+    assert [k for _, k, _ in applied(up.db_path)] == ["p1", "p2"]
+
+
+async def test_retried_dead_letter_is_sent_next(env: Env) -> None:
+    outbox, _up, client = env
+    await outbox.submit([NewMessage("event", "E", "a", {"invalid": "no pool"}),
+                         NewMessage("event", "E", "b", {})])
+    task = await _serve(Delivery(outbox, client, FAST, StatusBoard()))
+    await until(lambda: _drained(outbox))
+    [dead] = await outbox.dead_list()
+    assert await outbox.dead_retry(dead.message.id)
+    await until(lambda: _drained(outbox))
+    await _stop(task)
+    [again] = await outbox.dead_list()  # the upstream still refuses it: dead again
+    assert again.message.key == "a" and again.message.attempts == 1
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    s = DeliverySettings(retry_initial_s=0.5, retry_max_s=60.0)
+    rng = random.Random(1)
+    for failures, cap in [(1, 0.5), (2, 1.0), (4, 4.0), (8, 60.0), (50, 60.0), (10**6, 60.0)]:
+        delays = [backoff_s(failures, s, rng) for _ in range(200)]
+        assert all(cap / 2 <= d <= cap for d in delays)
+        assert len({round(d, 6) for d in delays}) > 100  # jittered, not lock-step
