@@ -1,0 +1,179 @@
+"""EPCIS 2.0 builder against the official GS1 XSDs; the project's validator on good/bad docs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from lxml import etree
+
+from adapters.epcis import AggregationEvent, ObjectEvent, build_document, validate_epcis
+from adapters.epcis.validate import document_events
+from gateway.errors import LocalProtocolError
+from tests.conftest import SHARED
+
+EPCIS = SHARED / "reference" / "epcis"
+T0 = datetime(2026, 5, 4, 8, 0, tzinfo=timezone(timedelta(hours=2)))
+SGTIN = [f"urn:epc:id:sgtin:95060001343.05.S{i}" for i in range(3)]
+SSCC = "urn:epc:id:sscc:95060001343.100001"
+
+
+@pytest.fixture(scope="module")
+def schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(EPCIS / "epcis-2.0" / "EPCglobal-epcis-2_0.xsd")))
+
+
+def line_document() -> bytes:
+    s = timedelta(seconds=1)
+    return build_document(
+        [
+            ObjectEvent(
+                "commissioning",
+                tuple(SGTIN),
+                T0,
+                ilmd={"lotNumber": "LOT1"},
+                read_point="urn:epc:id:sgln:95060001343.5.1",
+            ),
+            ObjectEvent("commissioning", (SSCC,), T0 + s),
+            ObjectEvent("inspecting", (SGTIN[0],), T0 + 2 * s),
+            AggregationEvent(
+                "packing",
+                SSCC,
+                tuple(SGTIN[:2]),
+                T0 + 3 * s,
+                biz_location="urn:epc:id:sgln:95060001343.5.0",
+            ),
+            AggregationEvent("unpacking", SSCC, (SGTIN[1],), T0 + 4 * s),
+            ObjectEvent("decommissioning", (SGTIN[1],), T0 + 5 * s),
+            ObjectEvent("destroying", (SGTIN[2],), T0 + 6 * s),
+            ObjectEvent("shipping", (SSCC,), T0 + 7 * s),
+        ],
+        created=T0 + 8 * s,
+    )
+
+
+def test_built_document_is_valid_against_official_xsd(schema: etree.XMLSchema) -> None:
+    doc = etree.fromstring(line_document())
+    assert schema.validate(doc), schema.error_log
+    assert validate_epcis(line_document(), known_commissioned=()) == []
+
+
+def test_built_events_carry_cbv_values() -> None:
+    events = document_events(line_document())
+    assert [(e["kind"], e["action"], e["bizStep"]) for e in events] == [
+        ("ObjectEvent", "ADD", "commissioning"),
+        ("ObjectEvent", "ADD", "commissioning"),
+        ("ObjectEvent", "OBSERVE", "inspecting"),
+        ("AggregationEvent", "ADD", "packing"),
+        ("AggregationEvent", "DELETE", "unpacking"),
+        ("ObjectEvent", "DELETE", "decommissioning"),
+        ("ObjectEvent", "DELETE", "destroying"),
+        ("ObjectEvent", "OBSERVE", "shipping"),
+    ]
+    root = etree.fromstring(line_document())
+    disps = [d.text for d in root.iter("disposition")]
+    assert disps[0] == "urn:epcglobal:cbv:disp:active"
+    assert disps[-1] == "urn:epcglobal:cbv:disp:in_transit"
+
+
+def test_official_samples(schema: etree.XMLSchema) -> None:
+    good = (EPCIS / "samples" / "epcis-2.0-packaging-line.xml").read_bytes()
+    bad = (EPCIS / "samples" / "invalid-epcis-2.0.xml").read_bytes()
+    assert schema.validate(etree.fromstring(good))
+    assert validate_epcis(good) == []
+    # the sample never commissions its SSCC (see the reference README): Annex C catches it
+    problems = validate_epcis(good, known_commissioned=())
+    assert any("sscc:95060001343.100001 was never commissioned" in p for p in problems)
+    problems = validate_epcis(bad)
+    assert not schema.validate(etree.fromstring(bad))
+    assert any("eventTime" in p and "time zone" in p for p in problems)
+    assert any("'COMMISSION' is not ADD" in p for p in problems)
+
+
+def _mutate(old: bytes, new: bytes, count: int = 1) -> bytes:
+    doc = line_document()
+    assert old in doc
+    return doc.replace(old, new, count)
+
+
+BROKEN = [
+    ("not xml", b"<epcis:EPCISDocument", "not well-formed"),
+    (
+        "doctype",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "boom">]><x>&e;</x>',
+        "DOCTYPE",
+    ),
+    ("wrong root", b"<a xmlns='urn:epcglobal:epcis:xsd:1'/>", "expected {urn:epcglobal:epcis"),
+]
+
+
+@pytest.mark.parametrize(("name", "doc", "match"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_validator_rejects_garbage(name: str, doc: bytes, match: str) -> None:
+    problems = validate_epcis(doc)
+    assert problems and match in problems[0]
+
+
+MUTATIONS = [
+    ("no time zone", b"08:00:00.000+02:00</eventTime>", b"08:00:00.000</eventTime>", "time zone"),
+    ("bad action", b"<action>OBSERVE</action>", b"<action>LOOK</action>", "'LOOK' is not ADD"),
+    ("bad epc", SGTIN[2].encode() + b"</epc>", b"sgtin 1 2</epc>", "is not an EPC URI"),
+    ("order", b"<action>ADD</action>", b"<action>ADD</action><eventID>x</eventID>", "order"),
+    ("unknown", b"</bizStep>", b"</bizStep><colour>red</colour>", "unexpected element"),
+    ("schema version", b'schemaVersion="2.0"', b'schemaVersion="1.2"', "schemaVersion"),
+]
+
+
+@pytest.mark.parametrize(("name", "old", "new", "match"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_validator_rejects_broken_documents(
+    schema: etree.XMLSchema, name: str, old: bytes, new: bytes, match: str
+) -> None:
+    doc = _mutate(old, new)
+    problems = validate_epcis(doc, known_commissioned=())
+    assert any(match in p for p in problems), problems
+
+
+def test_annex_c_chronology_and_duplicate_timestamps() -> None:
+    late = build_document(
+        [
+            ObjectEvent("commissioning", (SSCC,), T0 + timedelta(seconds=5)),
+            ObjectEvent("shipping", (SSCC,), T0),
+        ],
+        created=T0,
+    )
+    assert any("out of order" in p for p in validate_epcis(late))
+    same = build_document(
+        [ObjectEvent("commissioning", (SSCC,), T0), ObjectEvent("inspecting", (SSCC,), T0)],
+        created=T0,
+    )
+    assert any("shares its timestamp" in p for p in validate_epcis(same))
+
+
+def test_shipping_needs_an_sscc() -> None:
+    doc = build_document(
+        [
+            ObjectEvent("commissioning", (SGTIN[0],), T0),
+            ObjectEvent("shipping", (SGTIN[0],), T0 + timedelta(seconds=1)),
+        ],
+        created=T0,
+    )
+    assert any("is not an SSCC" in p for p in validate_epcis(doc))
+
+
+def test_limits() -> None:
+    doc = line_document()
+    assert any(
+        "MaxEPCISObjectEventSIDs 3" in p for p in validate_epcis(doc, max_object_event_sids=3)
+    )
+    assert any(
+        "MaxEPCISaggregationEvents 1" in p for p in validate_epcis(doc, max_aggregation_events=1)
+    )
+    assert validate_epcis(doc, max_object_event_sids=9, max_aggregation_events=2) == []
+
+
+def test_builder_refuses_misuse() -> None:
+    with pytest.raises(LocalProtocolError, match="time zone"):
+        build_document([ObjectEvent("commissioning", (SSCC,), datetime(2026, 1, 1))], created=T0)
+    with pytest.raises(LocalProtocolError, match="cannot carry business step 'packing'"):
+        build_document([ObjectEvent("packing", (SSCC,), T0)], created=T0)
+    doc = build_document([ObjectEvent("commissioning", (SSCC,), T0.astimezone(UTC))], created=T0)
+    assert b"<eventTimeZoneOffset>+00:00</eventTimeZoneOffset>" in doc
