@@ -1,0 +1,211 @@
+"""OpenScsUpstream: outbox message kinds -> OPEN-SCS calls -> DeliveryResults."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from adapters.epcis.builder import ObjectEvent, build_document
+from adapters.openscs.client import OpenScsClient
+from adapters.openscs.upstream import EVENT_STATES, POOL_STATES, OpenScsUpstream
+from gateway.model import KeyValue, Outcome, ReturnStatus, StoredMessage
+from gateway.model import SerialNumberState as S
+from gateway.settings import OpenScsSettings
+from tests.test_openscs_client_fixture import ScsServer, running_server
+from tools.faultproxy import FaultProxy
+from tools.openscs_server.server import ReferenceServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+_ids = itertools.count(1)
+
+
+def msg(stream: str, kind: str, body: dict[str, object], key: str = "") -> StoredMessage:
+    n = next(_ids)
+    return StoredMessage(n, stream, kind, key or f"key-{n}", body, 0.0, 0)
+
+
+CONTEXT = {"Ordnr": "O-7", "VIN": "WVW123", "prdline": "L2", "station": "st-1"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def scs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ScsServer]:
+    async with running_server(tmp_path_factory.mktemp("srv"), max_events=2) as srv:
+        yield srv
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def upstream(scs: ScsServer, tmp_path_factory: pytest.TempPathFactory
+                   ) -> AsyncIterator[OpenScsUpstream]:
+    c = OpenScsClient(scs.settings(tmp_path_factory.mktemp("c"), sn_format="EPCURI"))
+    yield OpenScsUpstream(c)
+    await c.close()
+
+
+async def test_station_kinds_become_the_documented_calls(scs: ScsServer,
+                                                         upstream: OpenScsUpstream) -> None:
+    body = {"serials": ["S1", "S2", "S3"], "pool": "7", "context": CONTEXT}
+    batch = [msg("event", "SIDCommissioningEvent", body),
+             msg("event", "LabelsScrappingEvent", {**body, "serials": ["S9"]}),
+             msg("pool", "SNReturnAllocated", {"serials": ["R1", "R2"], "pool": GTIN,
+                                               "context": CONTEXT})]
+    results = await upstream.deliver("event", batch)
+    assert [r.outcome for r in results] == [Outcome.DONE] * 3
+    com = scs.recorded("SIDCommissioningEvent")[-2:]  # MaxEvents 2: split in two calls
+    coll = com[0]["collection"]
+    assert (coll.ID, coll.Description, coll.State, coll.AssociatedPoolID) == (
+        "7", "", S.Commissioned, "7")
+    assert [c["collection"].SerialNumbers for c in com] == [("S1", "S2"), ("S3",)]
+    assert [tuple(lb.ID for lb in c["collection"].LabelCollection) for c in com] == [
+        ("S1", "S2"), ("S3",)]
+    assert com[0]["SNFormat"] == "EPCURI"
+    ctx = com[0]["OPENSCSEventContext"]
+    assert ctx[:4] == tuple(KeyValue(k, v) for k, v in CONTEXT.items())
+    assert ctx[4] == KeyValue("IdempotencyKey", f"{batch[0].key}#1/2")
+    scrap = scs.recorded("LabelsScrappingEvent")[-1]["collection"]
+    assert scrap.State is S.LabelScrapped and scrap.SerialNumbers == ("S9",)
+    ret = scs.recorded("SNReturnAllocated")[-1]
+    assert ret["SNCollection"].State is S.Allocated
+    assert ret["SNCollection"].SerialNumbers == ("R1", "R2")
+    assert ret["PoolSelectionCriteria"] == (KeyValue("GTIN", GTIN),)
+
+
+GTIN = "04012345000016"
+
+
+async def test_generic_kinds(scs: ScsServer, upstream: OpenScsUpstream) -> None:
+    batch = [msg("event", k, {"serials": ["G1"], "pool": "p"}) for k in EVENT_STATES]
+    batch += [msg("pool", k, {"serials": ["G2"], "pool": "p"}) for k in POOL_STATES]
+    batch += [msg("aggregation", k, {"elements": [{"parent": "SSCC1", "children": ["G1"]}],
+                                     "context": CONTEXT})
+              for k in ("AggregationPackingEvent", "AggregationUnpackingEvent")]
+    batch.append(msg("event", "EPCISStream", {"document": "<EPCISDocument/>",
+                                              "context": CONTEXT}))
+    results = await upstream.deliver("mixed", batch)
+    assert [r.outcome for r in results] == [Outcome.DONE] * len(batch)
+    for kind, state in EVENT_STATES.items():
+        assert scs.recorded(kind)[-1]["collection"].State is state
+    assert scs.documents[-1] == b"<EPCISDocument/>"
+
+
+async def test_bad_bodies_are_permanent_and_do_not_stop_the_batch(
+        scs: ScsServer, upstream: OpenScsUpstream) -> None:
+    batch = [msg("event", "SIDCommissioningEvent", {"serials": [], "pool": ""}),
+             msg("event", "SIDCommissioningEvent", {"serials": "S1"}),
+             msg("event", "NoSuchEvent", {"serials": ["S1"]}),
+             msg("event", "SIDCommissioningEvent", {"serials": ["S1"], "state": 99}),
+             msg("event", "SIDCommissioningEvent", {"serials": ["ok"], "pool": ""})]
+    results = await upstream.deliver("event", batch)
+    assert [r.outcome for r in results] == [Outcome.PERMANENT] * 4 + [Outcome.DONE]
+    assert "empty" in results[0].reason and "list of strings" in results[1].reason
+    assert "unknown message kind 'NoSuchEvent'" in results[2].reason
+    assert "99" in results[3].reason
+
+
+async def test_retry_stops_the_batch_and_permanent_keeps_the_reason(
+        scs: ScsServer, upstream: OpenScsUpstream) -> None:
+    scs.script["SIDCommissioningEvent"] = [ReturnStatus.InvalidSerialNumbersFormat,
+                                           ReturnStatus.NoError,
+                                           ReturnStatus.UnableToAcceptSIDEvents]
+    batch = [msg("event", "SIDCommissioningEvent", {"serials": [f"X{i}"], "pool": ""})
+             for i in range(5)]
+    results = await upstream.deliver("event", batch)
+    assert [r.outcome for r in results] == [Outcome.PERMANENT, Outcome.DONE, Outcome.RETRY]
+    assert "InvalidSerialNumbersFormat" in results[0].reason
+    assert "UnableToAcceptSIDEvents" in results[2].reason
+
+
+async def test_upstream_down_is_retry(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as srv:
+        settings = srv.settings(tmp_path, timeout_s=1.0)
+    up = OpenScsUpstream(OpenScsClient(settings))  # the server is gone now
+    results = await up.deliver("event", [msg("event", "SIDCommissioningEvent",
+                                             {"serials": ["a"], "pool": ""})] * 3)
+    assert [r.outcome for r in results] == [Outcome.RETRY]
+    assert results[0].reason
+
+
+async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:
+    """Reference server behind a proxy that swallows the reply: the retry is a replay."""
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki")
+    await server.start()
+    proxy = FaultProxy(target_port=server.port)
+    await proxy.start()
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+    client = OpenScsClient(OpenScsSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/openscs", username="line",
+        password_file=pw, trust_dir=trust, certificate_file=tmp_path / "c.pem",
+        private_key_file=tmp_path / "k.pem", timeout_s=1.0, reconnect_max_s=0.1))
+    try:
+        got = await client.sn_request_allocated(2, selection="09506000134352")
+        pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
+        up = OpenScsUpstream(client)
+        event = msg("event", "SIDCommissioningEvent",
+                    {"serials": list(got.serials), "pool": pool, "context": CONTEXT})
+        await proxy.set_mode("drop_replies")
+        first = await up.deliver("event", [event])
+        assert [r.outcome for r in first] == [Outcome.RETRY]
+        await proxy.set_mode("pass")
+        proxy.cut()
+        for _ in range(50):  # bounded: reconnect backoff is capped at 0.1 s
+            again = await up.deliver("event", [event])
+            if again[0].outcome is Outcome.DONE:
+                break
+            await asyncio.sleep(0.1)
+        assert again[0].outcome is Outcome.DONE
+        applied = [e for e in server.events() if e["key"] == event.key]
+        assert len(applied) == 1
+        states = server.serial_states(pool)
+        assert all(states[(pool, s)] == S.Commissioned for s in got.serials)
+    finally:
+        await client.close()
+        await proxy.stop()
+        await server.stop()
+
+
+async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None:
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki")
+    await server.start()
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+    client = OpenScsClient(OpenScsSettings(
+        endpoint=server.endpoint, username="line", password_file=pw, trust_dir=trust,
+        certificate_file=tmp_path / "c.pem", private_key_file=tmp_path / "k.pem",
+        timeout_s=5.0))
+    try:
+        got = await client.sn_request_allocated(3, selection="09506000134352",
+                                                sn_format="EPCURI")
+        assert got.serials[0].startswith("urn:epc:id:sgtin:")
+        doc = build_document([ObjectEvent("commissioning", got.serials,
+                                          datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))],
+                             datetime(2026, 1, 2, 3, 5, tzinfo=UTC))
+        up = OpenScsUpstream(client)
+        ok = msg("event", "EPCISStream", {"document": doc.decode(), "sn_format": "EPCURI",
+                                          "context": CONTEXT})
+        bad = msg("event", "EPCISStream", {"document": "<not-epcis/>", "context": CONTEXT})
+        results = await up.deliver("event", [ok, bad])
+        assert results[0].outcome is Outcome.DONE, results[0].reason
+        assert results[1].outcome is Outcome.PERMANENT and results[1].reason
+        assert [f["accepted"] for f in server.files()] == [True, False]
+        pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
+        states = server.serial_states(pool)
+        assert sorted(states.values()) == [S.Commissioned] * 3
+    finally:
+        await client.close()
+        await server.stop()

@@ -1,0 +1,181 @@
+"""Serial-number reserve: real outbox, real reference server, a fault proxy for the outage."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from adapters.openscs.client import OpenScsClient
+from adapters.openscs.reserve import Reserve
+from adapters.openscs.upstream import OpenScsUpstream
+from gateway.board import StatusBoard
+from gateway.delivery import Delivery
+from gateway.errors import RemoteProtocolError
+from gateway.model import Refusal, SerialNumberState
+from gateway.outbox import Outbox
+from gateway.settings import DeliverySettings, OpenScsSettings, ReserveSettings, StoreSettings
+from tests.test_openscs_client_fixture import wait_until
+from tools.faultproxy import FaultProxy
+from tools.openscs_server.server import ReferenceServer
+
+GTIN = "09506000134352"
+POOL_ID = "GTIN-09506000134352"
+
+
+@dataclass
+class Rig:
+    server: ReferenceServer
+    proxy: FaultProxy
+    outbox: Outbox
+    client: OpenScsClient
+    reserve: Reserve
+    board: StatusBoard
+
+    async def submit(self, fn):
+        box = []
+        await self.outbox.submit(hook=lambda conn: box.append(fn(conn)))
+        return box[0]
+
+    async def take(self, ordnr: str, count: int) -> list[str]:
+        return await self.submit(lambda c: self.reserve.take_in(c, ordnr, GTIN, count))
+
+    def states(self) -> dict[str, int]:
+        return {s: st for (p, s), st in self.server.serial_states(POOL_ID).items()}
+
+
+def _client_settings(tmp: Path, server: ReferenceServer, port: int) -> OpenScsSettings:
+    trust = tmp / "trusted"
+    trust.mkdir()
+    (trust / "reference.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp / "pw"
+    pw.write_text("secret")
+    pw.chmod(0o600)
+    return OpenScsSettings(endpoint=f"opc.tcp://127.0.0.1:{port}/openscs", username="line",
+                           password_file=pw, trust_dir=trust,
+                           certificate_file=tmp / "c.pem", private_key_file=tmp / "k.pem",
+                           timeout_s=1.0, reconnect_max_s=0.2)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "secret"},
+                             cert_dir=tmp_path / "pki")
+    await server.start()
+    proxy = FaultProxy(target_port=server.port)
+    await proxy.start()
+    outbox = await Outbox.open(StoreSettings(path=tmp_path / "outbox.sqlite",
+                                             synchronous="NORMAL"))
+    client = OpenScsClient(_client_settings(tmp_path, server, proxy.port))
+    board = StatusBoard()
+    reserve = Reserve(outbox, client, ReserveSettings(selections=[GTIN], low_water=10,
+                                                      fill_to=30, check_interval_s=0.05),
+                      board=board)
+    rig = Rig(server, proxy, outbox, client, reserve, board)
+    try:
+        yield rig
+    finally:
+        await client.close()
+        await rig.outbox.close()
+        await proxy.stop()
+        await server.stop()
+
+
+async def test_reserve_prints_through_an_outage_and_returns_unused(rig: Rig) -> None:
+    await rig.reserve.run_once()
+    assert rig.reserve.level(GTIN) == 30
+    assert rig.board.health["serial_reserve"] == {GTIN: 30}
+    assert sum(1 for st in rig.states().values() if st == SerialNumberState.Allocated) == 30
+
+    # upstream blackholed: printing goes on from the reserve, without a round trip
+    await rig.proxy.set_mode("blackhole")
+    rig.proxy.cut()
+    printed: list[str] = []
+    for _ in range(6):
+        printed += await rig.take("ORDER-1", 4)
+    assert len(printed) == len(set(printed)) == 24
+    assert rig.reserve.level(GTIN) == 6
+    refill = asyncio.create_task(rig.reserve.run_once())  # tries upstream: fails, bounded
+    more = await rig.take("ORDER-1", 3)
+    assert not set(more) & set(printed)
+    await asyncio.wait_for(refill, 30)
+    assert rig.reserve.level(GTIN) == 3 and rig.reserve.last_error
+    assert rig.board.health["serial_reserve_error"]
+
+    # asking for more than is left is refused and takes nothing
+    with pytest.raises(RemoteProtocolError) as info:
+        await rig.take("ORDER-1", 4)
+    assert info.value.refusal is Refusal.RESERVE_EMPTY
+    assert rig.reserve.level(GTIN) == 3
+
+    # 10 of the 27 printed labels are used (DATA OK/NOK); the order closes (new ORDER/INIT)
+    used = printed[:10]
+    for serial in used:
+        await rig.submit(lambda c, s=serial: rig.reserve.mark_used_in(c, s))
+    await rig.submit(lambda c: rig.reserve.close_order_in(c, "ORDER-1"))
+    await rig.reserve.queue_returns()
+    stats = await rig.outbox.stats()
+    assert stats.pending == 1
+
+    # upstream back: the return is delivered and the reserve refills
+    await rig.proxy.set_mode("pass")
+    delivery = Delivery(rig.outbox, OpenScsUpstream(rig.client),
+                        DeliverySettings(retry_initial_s=0.05, retry_max_s=0.2), rig.board)
+    task = asyncio.create_task(delivery.serve())
+    try:
+        unused = set(printed[10:] + more)
+        await wait_until(lambda: all(rig.states().get(s) == SerialNumberState.Unallocated
+                                     for s in unused), 30)
+        assert all(rig.states()[s] == SerialNumberState.Allocated for s in used)
+        await rig.reserve.run_once()
+        assert rig.reserve.level(GTIN) == 30 and not rig.reserve.last_error
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_reserve_table_survives_a_restart_and_close_is_atomic(rig: Rig,
+                                                                    tmp_path: Path) -> None:
+    await rig.reserve.run_once()
+    taken = await rig.take("A", 5)
+    await rig.outbox.close()
+    rig.outbox = await Outbox.open(StoreSettings(path=tmp_path / "outbox.sqlite",
+                                                 synchronous="NORMAL"))
+    reserve = Reserve(rig.outbox, rig.client, ReserveSettings(selections=[GTIN], low_water=1,
+                                                              fill_to=30))
+    rig.reserve = reserve
+    await reserve.refresh()
+    assert reserve.level(GTIN) == 25
+    again = await rig.take("B", 5)
+    assert not set(again) & set(taken)
+
+    # a close whose transaction fails leaves the order open (nothing marked for return)
+    def failing(conn: sqlite3.Connection) -> None:
+        reserve.close_order_in(conn, "A")
+        raise RuntimeError("the rest of the command failed")
+
+    with pytest.raises(RuntimeError):
+        await rig.outbox.submit(hook=failing)
+    assert await reserve.queue_returns() == 0
+    await rig.submit(lambda c: reserve.close_order_in(c, "A"))
+    assert await reserve.queue_returns() == 5
+
+
+async def test_serve_refills_when_a_print_drains_the_reserve(rig: Rig) -> None:
+    task = asyncio.create_task(rig.reserve.serve())
+    try:
+        await wait_until(lambda: rig.reserve.level(GTIN) == 30)
+        taken = await rig.take("ORDER-9", 25)  # below low_water (10): the take wakes serve()
+        await wait_until(lambda: rig.reserve.level(GTIN) == 30)
+        assert len(taken) == 25
+        allocated = [s for s, st in rig.states().items() if st == SerialNumberState.Allocated]
+        assert len(allocated) == 55  # 25 issued to the order + 30 in the reserve
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
