@@ -234,7 +234,6 @@ class Outbox:
                      ) -> SubmitResult:
         """Apply one command atomically and durably; see the module docstring."""
         msgs = list(messages)
-        bodies = [json.dumps(m.body, ensure_ascii=False, separators=(",", ":")) for m in msgs]
         writer = self._writer
         window = self._dedup_window
         now = self._clock()
@@ -253,8 +252,11 @@ class Outbox:
             the_reply = reply
             if the_reply is None and isinstance(hook_result, str):
                 the_reply = hook_result
+            # Bodies are serialized after the hook: a hook may complete a body from what it
+            # read in this transaction (the reserve fills in a serial number's pool).
             ids = []
-            for m, body in zip(msgs, bodies, strict=True):
+            for m in msgs:
+                body = json.dumps(m.body, ensure_ascii=False, separators=(",", ":"))
                 cur = conn.execute("INSERT INTO messages (stream, kind, key, body, created_at) "
                                    "VALUES (?, ?, ?, ?, ?)", (m.stream, m.kind, m.key, body, now))
                 ids.append(int(cur.lastrowid or 0))

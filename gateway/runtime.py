@@ -103,10 +103,10 @@ class Runtime:
         client: OpenScsClient | None = None
         reserve: Reserve | None = None
         if s.upstream.openscs.enable:
-            client = OpenScsClient(s.upstream.openscs)
-            openscs: object = OpenScsUpstream(client, s.upstream.openscs)
+            client = OpenScsClient(s.upstream.openscs, board=self.board)
+            openscs: object = OpenScsUpstream(client)
             if s.reserve.enable:
-                reserve = Reserve(outbox, client, s.reserve)
+                reserve = Reserve(outbox, client, s.reserve, board=self.board)
         else:
             openscs = _Disabled("upstream.openscs.enable is false; messages wait in the outbox")
         station = Station(s, outbox, self.board, pattern_check=match_pattern, reserve=reserve)

@@ -24,7 +24,6 @@ logged-in user or, before a LOGIN, the peer address; the outbox keeps that windo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import sqlite3
@@ -70,7 +69,8 @@ class SerialReserve(Protocol):
     def take_in(self, conn: sqlite3.Connection, ordnr: str, selection: str,
                 count: int) -> list[str]: ...
 
-    def mark_used_in(self, conn: sqlite3.Connection, serial: str) -> None: ...
+    def mark_used_in(self, conn: sqlite3.Connection,
+                     serial: str) -> tuple[str, str] | None: ...
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None: ...
 
@@ -86,8 +86,23 @@ class OutboxLike(Protocol):
     async def clear_dedup(self, peer: str) -> None: ...
 
 
+def order_to_dict(order: Order) -> dict[str, object]:
+    """The order as plain JSON values (hand-written: ``dataclasses.asdict`` deep-copies and
+    costs more than the rest of an ORDER's handling)."""
+    return {
+        "Ordnr": order.Ordnr, "Sts": order.Sts, "min": order.min, "max": order.max,
+        "Seq": order.Seq, "ext": order.ext, "VIN": order.VIN, "intclr": order.intclr,
+        "dst": order.dst, "drv": order.drv, "prdline": order.prdline,
+        "instructions": [
+            {"group": ins.group, "gord": ins.gord, "iord": ins.iord, "item": ins.item,
+             "sitem": ins.sitem, "iname": ins.iname, "qty": ins.qty,
+             "steps": [{"i": st.i, "c": st.c, "h": st.h} for st in ins.steps]}
+            for ins in order.instructions],
+    }
+
+
 def order_to_json(order: Order) -> str:
-    return json.dumps(dataclasses.asdict(order), separators=(",", ":"))
+    return json.dumps(order_to_dict(order), separators=(",", ":"))
 
 
 def order_from_json(text: str) -> Order:
@@ -112,6 +127,13 @@ class Station:
         self._order: Order | None = None
         self._user = ""
         self._session_lock = asyncio.Lock()
+        # Session changes are committed in the order they were submitted (the outbox's writer
+        # runs jobs in FIFO order), but several may be in flight at once so that ORDERs from
+        # many connections share one commit. Each change takes a ticket before it is submitted;
+        # after its commit it is applied in memory only if no later change of the same field
+        # was applied already, so memory always matches the latest committed state.
+        self._tickets = 0
+        self._applied = {"order": 0, "user": 0}
         self._open = True
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -143,10 +165,9 @@ class Station:
 
     async def logout(self) -> None:
         """Log the active user out (the status server's restart does this)."""
-        async with self._session_lock:
-            await self._outbox.submit(state={"user": None})
-            self._user = ""
-            self._board.user = ""
+        ticket = self._ticket()
+        await self._outbox.submit(state={"user": None})
+        self._apply_user(ticket, "")
 
     @property
     def order(self) -> Order | None:
@@ -179,6 +200,22 @@ class Station:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    def _ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
+
+    def _apply_order(self, ticket: int, order: Order | None) -> None:
+        if ticket > self._applied["order"]:
+            self._applied["order"] = ticket
+            self._order = order
+            self._board.script = order.Ordnr if order else ""
+
+    def _apply_user(self, ticket: int, user: str) -> None:
+        if ticket > self._applied["user"]:
+            self._applied["user"] = ticket
+            self._user = user
+            self._board.user = user
 
     def _identity(self, origin: Origin) -> str:
         return self._user or origin.peer
@@ -223,20 +260,25 @@ class Station:
         user = command.user.strip()
         if not user:
             raise RemoteProtocolError(Refusal.MALFORMED, "LOGIN record 2 field 1 (user) is empty")
-        async with self._session_lock:
-            status, _ = await self._commit(origin, state={"user": user})
-            self._user = user
-            self._board.user = user
+        ticket = self._ticket()
+        status, _ = await self._commit(origin, state={"user": user})
+        if status != "duplicate":
+            self._apply_user(ticket, user)
         log.info("LOGIN user=%s from %s tsn=%d%s", user, origin.peer, origin.tsn,
                  " (retransmission)" if status == "duplicate" else "")
         return Ack(duplicate=status == "duplicate")
 
-    def _close_order_hook(self, order: Order | None) -> Callable[[sqlite3.Connection], object]:
+    def _close_order_hook(self) -> Callable[[sqlite3.Connection], object] | None:
+        """Closes the order the store holds as current at commit time (not the one in memory:
+        another ORDER may commit just before this one)."""
         reserve = self._reserve
+        if reserve is None:
+            return None
 
         def hook(conn: sqlite3.Connection) -> None:
-            if order is not None and reserve is not None:
-                reserve.close_order_in(conn, order.Ordnr)
+            row = conn.execute("SELECT value FROM state WHERE key='order'").fetchone()
+            if row is not None:
+                reserve.close_order_in(conn, json.loads(row[0])["Ordnr"])
 
         return hook
 
@@ -244,13 +286,12 @@ class Station:
         self._board.cmd = "INIT"
         async with self._session_lock:
             identity = self._identity(origin)
-            status, _ = await self._commit(origin, state={"order": None, "user": None},
-                                           hook=self._close_order_hook(self._order))
             previous = self._order.Ordnr if self._order else ""
-            self._order = None
-            self._user = ""
-            self._board.user = ""
-            self._board.script = ""
+            ticket = self._ticket()
+            status, _ = await self._commit(origin, state={"order": None, "user": None},
+                                           hook=self._close_order_hook())
+            self._apply_order(ticket, None)
+            self._apply_user(ticket, "")
             await self._outbox.clear_dedup(identity)
             if identity != origin.peer:
                 await self._outbox.clear_dedup(origin.peer)
@@ -266,15 +307,16 @@ class Station:
     async def _load_order(self, order: Order, origin: Origin) -> Reply:
         self._board.cmd = "ORDER"
         self._require_login()
-        async with self._session_lock:
-            audit = NewMessage(STREAM_RESULTS, "Order", self._key(),
-                               {"Ordnr": order.Ordnr, "order": json.loads(order_to_json(order)),
-                                "user": self._user, "tsn": origin.tsn, "peer": origin.peer})
-            status, _ = await self._commit(origin, [audit], state={"order": order_to_json(order)},
-                                           hook=self._close_order_hook(self._order))
-            if status != "duplicate" or self._order is None:
-                self._order = order
-                self._board.script = order.Ordnr
+        as_dict = order_to_dict(order)
+        audit = NewMessage(STREAM_RESULTS, "Order", self._key(),
+                           {"Ordnr": order.Ordnr, "order": as_dict,
+                            "user": self._user, "tsn": origin.tsn, "peer": origin.peer})
+        ticket = self._ticket()
+        status, _ = await self._commit(
+            origin, [audit], state={"order": json.dumps(as_dict, separators=(",", ":"))},
+            hook=self._close_order_hook())
+        if status != "duplicate" or self._order is None:
+            self._apply_order(ticket, order)
         self._board.incr("orders_loaded")
         log.info("ORDER %s loaded from %s tsn=%d (%d instructions)%s", order.Ordnr, origin.peer,
                  origin.tsn, len(order.instructions),
@@ -305,7 +347,9 @@ class Station:
                 f"order {order.Ordnr} has no step {data.step} in instruction "
                 f"{data.group},{data.gord},{data.iord}")
         messages = [NewMessage(STREAM_RESULTS, "StepResult", self._key(),
-                               {**dataclasses.asdict(data), "h": step.h, "c": step.c,
+                               {"Ordnr": data.Ordnr, "group": data.group, "gord": data.gord,
+                                "iord": data.iord, "step": data.step, "ok": data.ok,
+                                "value": data.value, "h": step.h, "c": step.c,
                                 "user": self._user, "tsn": origin.tsn, "peer": origin.peer})]
         hook = None
         if step.h == HANDLER_VALIDATE_SERIAL:
@@ -318,13 +362,20 @@ class Station:
                         f"serial {serial!r} does not match step {data.step} pattern "
                         f"{step.c!r}: {problem}")
             kind = "SIDCommissioningEvent" if data.ok else "LabelsScrappingEvent"
-            body: dict[str, object] = {"serials": [serial], "pool": self._pool_of(step),
+            # pool "": the upstream finds the serial number's pool; a serial number printed
+            # from the reserve names the selection and pool it came from (filled in the
+            # transaction, before the body is written).
+            body: dict[str, object] = {"serials": [serial], "pool": "",
                                        "context": self._context(order)}
             messages.append(NewMessage(STREAM_EVENTS, kind, self._key(), body))
             reserve = self._reserve
             if reserve is not None:
                 def hook(conn: sqlite3.Connection) -> None:
-                    reserve.mark_used_in(conn, serial)
+                    came_from = reserve.mark_used_in(conn, serial)
+                    if came_from is not None:
+                        body["pool"], body["pool_id"] = came_from
+                        if not data.ok:  # printed from the reserve: still Allocated upstream
+                            body["encode_first"] = True
         status, _ = await self._commit(origin, messages, hook=hook)
         if status != "duplicate":
             self._board.incr("events_committed", len(messages) - 1)
@@ -334,11 +385,6 @@ class Station:
                  data.value, origin.peer, origin.tsn,
                  " (retransmission)" if status == "duplicate" else "")
         return Ack(duplicate=status == "duplicate")
-
-    @staticmethod
-    def _pool_of(step: Step) -> str:
-        """The pool a validate-serial step draws from: its ``i`` parameter when non-zero."""
-        return str(step.i) if step.i else ""
 
     async def _print(self, request: PrintRequest, origin: Origin) -> Reply:
         self._board.cmd = "PRINT"

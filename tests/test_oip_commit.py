@@ -44,8 +44,8 @@ async def main(db, upstream_port, prefill):
     if prefill:  # serial numbers allocated earlier, while upstream was still up
         def fill(conn):
             ensure_schema(conn)
-            conn.executemany("INSERT INTO reserve_serials (serial, selection, state, added_at) "
-                             "VALUES (?, 'GTIN1', ?, ?)",
+            conn.executemany("INSERT INTO reserve_serials (serial, selection, state, pool_id, "
+                             "added_at) VALUES (?, 'GTIN1', ?, 'POOL-GTIN1', ?)",
                              [(f"00{n:09d}", AVAILABLE, time.time() + n) for n in range(5)])
         await outbox.submit(hook=fill)
     reserve = Reserve(outbox, OpenScsClient(s.upstream.openscs), s.reserve)
@@ -137,8 +137,17 @@ async def test_print_is_answered_from_the_reserve_while_upstream_is_down(tmp_pat
         pac = await TcpPac.connect("127.0.0.1", port)
         await pac.send_raw(encode_command(request, 2))
         again = await pac.reply()
+        used = await pac.request(StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00000000001"),
+                                 4)
         await pac.close()
     assert again.ack and again.serials == printed.serials
+    # the event of a printed serial number names the pool it came from; it left the reserve
+    assert used.ack
+    (body,) = rows(db, "SELECT body FROM messages WHERE kind='SIDCommissioningEvent'")[0]
+    event = json.loads(str(body))
+    assert (event["serials"], event["pool"], event["pool_id"]) == (
+        ["00000000001"], "GTIN1", "POOL-GTIN1")
+    assert rows(db, "SELECT serial FROM reserve_serials WHERE state=1") == [("00000000000",)]
 
 
 async def test_soap_order_is_committed_before_its_ack(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from gateway.model import (
 )
 from gateway.outbox import Outbox
 from gateway.settings import OipSettings, Settings, StoreSettings
-from gateway.station import Station, order_from_json, order_to_json
+from gateway.station import Station, order_from_json, order_to_dict, order_to_json
 
 ORDER = Order("ZI355937", "31", "30", "31", "567016", "355937", "XXXXA0NDXAN6XXXXX", "G",
               "FED", "L", "ZW", (
@@ -62,6 +63,8 @@ async def _messages(outbox: Outbox) -> list:
 
 def test_order_json_round_trip():
     assert order_from_json(order_to_json(ORDER)) == ORDER
+    # the hand-written conversion must follow the dataclasses (a new field would be lost)
+    assert order_to_dict(ORDER) == json.loads(json.dumps(dataclasses.asdict(ORDER)))
 
 
 async def test_thin_slice_commits_events_with_context(env):
@@ -184,3 +187,26 @@ async def test_concurrent_commands_all_commit(env):
     assert all(r == Ack() for r in replies)
     events = [m for m in await _messages(outbox) if m.stream == "event"]
     assert sorted(m.body["serials"][0] for m in events) == sorted(d.value for d in datas)
+
+
+async def test_concurrent_orders_share_commits_and_memory_matches_the_store(tmp_path):
+    """ORDERs from many connections are committed together; whatever order they land in,
+    the station's current order is the one the store holds, and a restart agrees."""
+    settings = Settings(store=StoreSettings(path=tmp_path / "outbox.sqlite"))
+    outbox = await Outbox.open(settings.store)
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await station.load()
+    orders = [dataclasses.replace(ORDER, Ordnr=f"ZI{n:06d}") for n in range(60)]
+    commits_before = outbox.commits
+    replies = await asyncio.gather(*(station.handle(LoadOrder(o), origin(n, peer=f"pac{n}"))
+                                     for n, o in enumerate(orders)))
+    assert all(r == Ack() for r in replies)
+    assert outbox.commits - commits_before < len(orders)  # group commit happened
+    stored = order_from_json((await outbox.get_state())["order"])
+    assert station.order == stored
+    await outbox.close()
+    outbox = await Outbox.open(settings.store)
+    again = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await again.load()
+    assert again.order == stored
+    await outbox.close()

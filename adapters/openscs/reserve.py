@@ -9,9 +9,10 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     PRINT: hands out ``count`` available serial numbers of ``selection`` (oldest first) and
     records them as issued to ``Ordnr``. Raises ``RemoteProtocolError(Refusal.RESERVE_EMPTY)``
     when fewer are available; nothing is taken then. No network round trip.
-``mark_used_in(conn, serial)``
+``mark_used_in(conn, serial) -> (selection, pool_id) | None``
     DATA OK/NOK on a validate-serial step: the serial number is used (its event carries it
-    upstream) and leaves the reserve.
+    upstream) and leaves the reserve. Returns the selection it was printed for and the pool
+    the upstream handed it out from, so that the event names that pool.
 ``close_order_in(conn, Ordnr)``
     ORDER (closing the previous order), INIT or an explicit close: serial numbers issued to
     ``Ordnr`` and never used are marked for return. In the same commit nothing else is needed:
@@ -139,10 +140,16 @@ class Reserve:
             self._poke()
         return serials
 
-    def mark_used_in(self, conn: sqlite3.Connection, serial: str) -> None:
-        """DATA OK/NOK: ``serial`` is used; it leaves the reserve (unknown serials: no-op)."""
+    def mark_used_in(self, conn: sqlite3.Connection,
+                     serial: str) -> tuple[str, str] | None:
+        """DATA OK/NOK: ``serial`` is used and leaves the reserve; returns its (selection,
+        pool_id), or None for a serial number the reserve never held."""
         self._ensure(conn)
-        conn.execute("DELETE FROM reserve_serials WHERE serial=?", (serial,))
+        row = conn.execute("SELECT selection, pool_id FROM reserve_serials WHERE serial=?",
+                           (serial,)).fetchone()
+        if row is not None:
+            conn.execute("DELETE FROM reserve_serials WHERE serial=?", (serial,))
+        return (str(row[0]), str(row[1])) if row is not None else None
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
         """Order closed: its issued, unused serial numbers will be returned upstream."""

@@ -161,8 +161,19 @@ class OpenScsUpstream:
                 coll = sn_collection(body, state)
             else:
                 coll = label_collection(body, state)
+            sn_format = _str(body, "sn_format") or None
+            if body.get("encode_first") is True and isinstance(coll, LabelCollection):
+                # The label was printed from serial numbers the upstream still holds as
+                # Allocated: report it encoded first, under a key of its own, so that the
+                # event itself is a legal transition (a retry replays both; each applies once).
+                first = await c.event("LabelsEncodingEvent",
+                                      label_collection(body, S.Encoded),
+                                      context=_context(body, f"{message.key}#encode"),
+                                      sn_format=sn_format)
+                if not first.ok:
+                    return first
             return await c.event(kind, coll, context=_context(body, message.key),
-                                 sn_format=_str(body, "sn_format") or None)
+                                 sn_format=sn_format)
         if kind in POOL_STATES:
             coll = sn_collection(body, _state(body, POOL_STATES[kind]))
             return await c.pool_push(kind, coll, selection=_str(body, "pool"),
