@@ -134,10 +134,15 @@ async def _wait_drained(runtime: Runtime, deadline: float) -> dict[str, object]:
     return {"stats": stats}
 
 
-async def run_demo(duration_s: float = 20.0, keep: bool = False) -> int:
+async def run_demo(duration_s: float = 20.0, keep: bool = False,
+                   root: Path | None = None) -> int:
+    """Run the demo; ``root`` (an empty directory) is used and kept instead of a temporary one
+    (the end-to-end test reads the records there afterwards)."""
     from tools.openscs_server.server import ReferenceServer
 
-    root = Path(tempfile.mkdtemp(prefix="linegate-demo-"))
+    if root is not None:
+        keep = True
+    root = root or Path(tempfile.mkdtemp(prefix="linegate-demo-"))
     (root / "upstream").mkdir()
     _say(f"linegate demo — temporary installation root {root}")
     upstream = ReferenceServer(port=_free_port(), db_path=root / "upstream" / "openscs.sqlite",
