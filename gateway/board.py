@@ -9,6 +9,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+# Health keys: writers and the status fields use these names (gateway/STATUS.md), never
+# literals, so that a renamed key cannot silently publish a default.
+OUTBOX_BACKLOG = "outbox_backlog"
+OUTBOX_OLDEST_AGE_S = "outbox_oldest_age_s"
+DEAD_LETTERS = "dead_letters"
+STORE_HIGH_WATER = "store_high_water"
+STORE_FULL = "store_full"
+OUTBOX_DEAD_ALARM = "outbox_dead_alarm"
+UPSTREAM_STATE = "upstream_state"
+RESERVE_LEVEL = "reserve_level"
+RESERVE_ERROR = "reserve_error"
+CERT_EXPIRY = "cert_expiry"
+
 
 @dataclass
 class StatusBoard:

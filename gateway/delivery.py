@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway import board as board_keys
 from gateway.board import StatusBoard
 from gateway.errors import StoreFull, TransportError, UpstreamError
 from gateway.model import DeliveryResult, Outcome, StoredMessage
@@ -127,7 +128,7 @@ class Delivery:
                     log.error("DEAD LETTER %d on stream %s (%s key=%s): %s; the stream "
                               "continues; see `linegate outbox dead show %d`", msg.id, stream,
                               msg.kind, msg.key, res.reason, msg.id)
-                    self._board.set_health("outbox_dead_alarm", f"message {msg.id}: "
+                    self._board.set_health(board_keys.OUTBOX_DEAD_ALARM, f"message {msg.id}: "
                                            f"{res.reason}")
             # progress without a RETRY (a prefix answered) goes on at once with the rest
             stalled = not results or any(r.outcome is Outcome.RETRY for r in results)
@@ -163,12 +164,12 @@ class Delivery:
         last_purge = time.monotonic()
         while True:
             stats = await self._outbox.stats()
-            self._board.set_health("outbox_backlog", stats.pending)
-            self._board.set_health("outbox_oldest_pending_s", round(stats.oldest_pending_age_s,
-                                                                    1))
-            self._board.set_health("outbox_dead", stats.dead)
-            self._board.set_health("store_high_water", stats.high_water)
-            self._board.set_health("store_full", stats.full_reason or "")
+            self._board.set_health(board_keys.OUTBOX_BACKLOG, stats.pending)
+            self._board.set_health(board_keys.OUTBOX_OLDEST_AGE_S,
+                                   round(stats.oldest_pending_age_s, 1))
+            self._board.set_health(board_keys.DEAD_LETTERS, stats.dead)
+            self._board.set_health(board_keys.STORE_HIGH_WATER, stats.high_water)
+            self._board.set_health(board_keys.STORE_FULL, stats.full_reason or "")
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
                 last_purge = time.monotonic()
                 try:

@@ -56,8 +56,14 @@ SETTINGS = """{
     trust_dir: "public/trusted_servers",
   }},
   reserve: {selections: ["%(gtin)s"], low_water: 5, fill_to: 20},
+  // the status server on loopback, read back at the end with an OPC UA client
+  opcua_server: {enable: true, listen_address: "127.0.0.1", listen_port_prism: %(status)d,
+                 security_policies: ["NoSecurity"], update_interval_s: 0.2},
 }
 """
+
+STATUS_SHOWN = ("cmd", "user", "script", "num_files", "outbox_backlog", "dead_letters",
+                "upstream_state", "reserve_level", "counters")
 
 
 def _free_port() -> int:
@@ -161,7 +167,7 @@ async def run_demo(duration_s: float = 20.0, keep: bool = False,
         secret.write_text("demo-password\n")
         os.chmod(secret, 0o600)
         text = SETTINGS % {"tcp": _free_port(), "soap": _free_port(), "gtin": GTIN,
-                           "endpoint": upstream.endpoint}
+                           "endpoint": upstream.endpoint, "status": _free_port()}
         (root / "settings.json").write_text(text)
         settings = load_settings_text(text, source=str(root / "settings.json"), root=root)
         _say(f"  upstream: reference OPEN-SCS server at {upstream.endpoint} "
@@ -200,6 +206,8 @@ async def run_demo(duration_s: float = 20.0, keep: bool = False,
         if stats is not None:
             _say(f"  outbox: {board.counters.get('outbox_delivered', 0)} delivered, "
                  f"{stats.pending} pending, {stats.dead} dead letters")  # type: ignore[attr-defined]
+        await asyncio.sleep(1.2)  # the status board refreshes every second
+        await _report_status(settings.opcua_server.listen_port_prism)
         return _report_upstream(upstream, root, printed)
     finally:
         stop.set()
@@ -211,6 +219,25 @@ async def run_demo(duration_s: float = 20.0, keep: bool = False,
             _say(f"\n(kept {root})")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+async def _report_status(port: int) -> None:
+    """Read the station's status the way UaExpert or a SCADA would (anonymous, read only)."""
+    from asyncua import Client, ua
+
+    _say(f"\nStatus (read over OPC UA from opc.tcp://127.0.0.1:{port}/, Objects/Status):")
+    client = Client(f"opc.tcp://127.0.0.1:{port}/", timeout=10)
+    try:
+        await client.connect()
+        idx = await client.get_namespace_index("urn:linegate:status")
+        for name in STATUS_SHOWN:
+            value = await client.get_node(ua.NodeId(f"Status/{name}", idx)).read_value()
+            _say(f"  {name:<15} {value}")
+    except (OSError, TimeoutError, ua.UaError) as exc:
+        _say(f"  status server not readable: {exc!r}")
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
 
 
 def _serials_in(value: object) -> list[str]:

@@ -132,7 +132,7 @@ Command = Login | Init | Ping | LoadOrder | StepResult | PrintRequest
 class Origin:
     """Where a command came from: used for deduplication and logging.
 
-    ``peer`` is the peer identity (the LOGIN user when logged in, else the peer IP);
+    ``peer`` is the peer address (its retransmission window is kept per peer);
     ``payload_hash`` is a hash of the packet without its header's length field variations.
     """
 

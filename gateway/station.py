@@ -217,8 +217,12 @@ class Station:
             self._user = user
             self._board.user = user
 
-    def _identity(self, origin: Origin) -> str:
-        return self._user or origin.peer
+    @staticmethod
+    def _identity(origin: Origin) -> str:
+        """Whose retransmission window a packet belongs to: its peer address. Not the LOGIN
+        user: one user may work at several PACs with their own tsn counters, and a packet
+        resent across a LOGIN must still be recognised."""
+        return origin.peer
 
     def _key(self) -> str:
         return f"{self._settings.station.name}:{uuid.uuid4().hex}"
@@ -293,8 +297,6 @@ class Station:
             self._apply_order(ticket, None)
             self._apply_user(ticket, "")
             await self._outbox.clear_dedup(identity)
-            if identity != origin.peer:
-                await self._outbox.clear_dedup(origin.peer)
         log.info("INIT from %s tsn=%d: session cleared (closed order %r)", origin.peer,
                  origin.tsn, previous)
         return Ack(duplicate=status == "duplicate")
@@ -352,15 +354,24 @@ class Station:
                                 "value": data.value, "h": step.h, "c": step.c,
                                 "user": self._user, "tsn": origin.tsn, "peer": origin.peer})]
         hook = None
-        if step.h == HANDLER_VALIDATE_SERIAL:
-            serial = data.value
-            if data.ok:
-                problem = self._pattern_check(step.c, serial) if step.c else None
-                if problem:
-                    raise RemoteProtocolError(
-                        Refusal.PATTERN_MISMATCH,
-                        f"serial {serial!r} does not match step {data.step} pattern "
-                        f"{step.c!r}: {problem}")
+        serial = data.value
+        validate = step.h == HANDLER_VALIDATE_SERIAL
+        problem = self._pattern_check(step.c, serial) if validate and step.c else None
+        if validate and data.ok and not serial:
+            raise RemoteProtocolError(
+                Refusal.MALFORMED, f"DATA OK on validate-serial step {data.step} carries no "
+                "serial number (record 3 field 6)")
+        if validate and data.ok and problem:
+            raise RemoteProtocolError(
+                Refusal.PATTERN_MISMATCH,
+                f"serial {serial!r} does not match step {data.step} pattern "
+                f"{step.c!r}: {problem}")
+        if validate and not data.ok and (problem or not serial):
+            # A failed scan often is not a serial number at all: the result is recorded, but
+            # no label can be scrapped upstream for it.
+            log.info("DATA %s step %d NOK value %r is no serial number of pattern %r: result "
+                     "recorded, no LabelsScrappingEvent", data.Ordnr, data.step, serial, step.c)
+        elif validate:
             kind = "SIDCommissioningEvent" if data.ok else "LabelsScrappingEvent"
             # pool "": the upstream finds the serial number's pool; a serial number printed
             # from the reserve names the selection and pool it came from (filled in the

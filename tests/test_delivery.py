@@ -71,7 +71,7 @@ async def test_dead_letter_does_not_block_the_stream(env: Env) -> None:
 
     async def settled() -> bool:
         s = await outbox.stats()
-        return s.pending == 0 and board.health.get("outbox_dead") == 1
+        return s.pending == 0 and board.health.get("dead_letters") == 1
 
     await until(settled)
     await _stop(task)

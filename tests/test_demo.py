@@ -31,7 +31,10 @@ def test_linegate_demo_command_exits_0_and_reports_the_upstream_records():
     for needle in ("← ACK serials=", "SIDCommissioningEvent", "LabelsScrappingEvent",
                    "SNReturnAllocated", "upstream state Commissioned",
                    "upstream state LabelScrapped", "upstream state Unallocated (returned)",
-                   "0 pending, 0 dead letters", "OK: 4 event(s) recorded upstream"):
+                   "0 pending, 0 dead letters", "OK: 4 event(s) recorded upstream",
+                   # the status server, read over OPC UA: health keys reach their fields
+                   "upstream_state  connected", f'reserve_level   {{"{GTIN}":',
+                   "outbox_backlog  0", '"serials_printed":3'):
         assert needle in out, f"{needle!r} missing from:\n{out}"
     assert "NAK" not in out
 

@@ -88,7 +88,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 async def test_reserve_prints_through_an_outage_and_returns_unused(rig: Rig) -> None:
     await rig.reserve.run_once()
     assert rig.reserve.level(GTIN) == 30
-    assert rig.board.health["serial_reserve"] == {GTIN: 30}
+    assert rig.board.health["reserve_level"] == {GTIN: 30}
     assert sum(1 for st in rig.states().values() if st == SerialNumberState.Allocated) == 30
 
     # upstream blackholed: printing goes on from the reserve, without a round trip
@@ -104,7 +104,7 @@ async def test_reserve_prints_through_an_outage_and_returns_unused(rig: Rig) -> 
     assert not set(more) & set(printed)
     await asyncio.wait_for(refill, 30)
     assert rig.reserve.level(GTIN) == 3 and rig.reserve.last_error
-    assert rig.board.health["serial_reserve_error"]
+    assert rig.board.health["reserve_error"]
 
     # asking for more than is left is refused and takes nothing
     with pytest.raises(RemoteProtocolError) as info:

@@ -210,3 +210,41 @@ async def test_concurrent_orders_share_commits_and_memory_matches_the_store(tmp_
     await again.load()
     assert again.order == stored
     await outbox.close()
+
+
+async def test_two_pacs_under_one_user_keep_their_own_tsn_windows(env):
+    """The retransmission window is per peer: a second PAC reusing the first one's tsn is not
+    'tsn reused', and a packet resent across a LOGIN is still recognised."""
+    _, outbox, _, station = env
+    first = await station.handle(LoadOrder(ORDER), origin(7, "order", peer="10.0.0.5"))
+    assert first == Ack()
+    assert await station.handle(Login("alice"), origin(8, "login", peer="10.0.0.5")) == Ack()
+    # resent after the LOGIN: the same packet, recognised, not applied again
+    again = await station.handle(LoadOrder(ORDER), origin(7, "order", peer="10.0.0.5"))
+    assert again == Ack(duplicate=True)
+    ok_a = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789")
+    ok_b = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00987654321")
+    assert await station.handle(ok_a, origin(9, "a", peer="10.0.0.5")) == Ack()
+    assert await station.handle(ok_b, origin(9, "b", peer="10.0.0.6")) == Ack()
+    msgs = await _messages(outbox)
+    assert [m.kind for m in msgs if m.stream == "results"] == ["Order", "StepResult",
+                                                               "StepResult"]
+    assert sorted(m.body["serials"][0] for m in msgs if m.stream == "event") == [
+        "00123456789", "00987654321"]
+
+
+async def test_nok_with_a_non_serial_value_is_recorded_without_an_event(env):
+    _, outbox, _, station = env
+    await station.handle(LoadOrder(ORDER), origin(1))
+    unreadable = StepResult("ZI355937", "G5A1", 1, 10, 2, False, "zz")
+    assert await station.handle(unreadable, origin(2)) == Ack()
+    scrapped = StepResult("ZI355937", "G5A1", 1, 10, 2, False, "00123456789")
+    assert await station.handle(scrapped, origin(3)) == Ack()
+    empty_ok = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "")
+    reply = await station.handle(empty_ok, origin(4))
+    assert isinstance(reply, Nak) and "no serial number" in reply.text
+    msgs = await _messages(outbox)
+    assert [m.body["value"] for m in msgs if m.kind == "StepResult"] == ["zz", "00123456789"]
+    events = [m for m in msgs if m.stream == "event"]
+    assert [(m.kind, m.body["serials"]) for m in events] == [
+        ("LabelsScrappingEvent", ["00123456789"])]

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field, replace
 
 from asyncua import ua
 
-from adapters.openscs import nodeids, types
+from adapters.openscs import certs, nodeids, types
 from adapters.openscs import ua as scs_ua
 from adapters.openscs.results import Decision, Verdict, from_exception, from_return_status
 from adapters.openscs.session import Session
+from gateway import board as K
 from gateway.board import StatusBoard
 from gateway.errors import TransportError, UpstreamError
 from gateway.model import (
@@ -183,9 +184,22 @@ class OpenScsClient:
                 await self._drop(endpoint)
 
     def _publish(self) -> None:
-        if self._board is not None:
-            for url, state in self.status().items():
-                self._board.set_adapter(f"openscs {url}", state)
+        if self._board is None:
+            return
+        states = self.status()
+        for url, state in states.items():
+            self._board.set_adapter(f"openscs {url}", state)
+        bad = {url: state for url, state in states.items() if state != "connected"}
+        self._board.set_health(K.UPSTREAM_STATE, "connected" if not bad else "; ".join(
+            f"{url}: {state}" for url, state in bad.items()))
+        cert = self.settings.certificate_file
+        if self.settings.security_policy != "None" and cert.exists():
+            try:
+                not_after = certs.load_certificate(cert).not_valid_after_utc
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s for its expiry: %s", cert, exc)
+            else:
+                self._board.set_health(K.CERT_EXPIRY, not_after.isoformat())
 
     async def close(self) -> None:
         for endpoint in self._endpoints.values():

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.results import Decision
+from gateway import board as board_keys
 from gateway.board import StatusBoard
 from gateway.errors import RemoteProtocolError, StoreFull
 from gateway.model import NewMessage, Refusal, SerialNumberState
@@ -191,8 +192,8 @@ class Reserve:
             if level < self._settings.low_water:
                 await self.refill(selection, self._settings.fill_to - level)
         if self._board is not None:
-            self._board.set_health("serial_reserve", self.levels())
-            self._board.set_health("serial_reserve_error", self.last_error)
+            self._board.set_health(board_keys.RESERVE_LEVEL, self.levels())
+            self._board.set_health(board_keys.RESERVE_ERROR, self.last_error)
 
     async def refresh(self) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> dict[str, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from asyncua import ua
 
 import gateway
+from gateway import board as K
 from gateway.board import StatusBoard
 from gateway.errors import SettingsError
 from gateway.settings import Settings
@@ -203,15 +204,15 @@ def board_values(board: StatusBoard, server_not_after: dt.datetime | None) -> di
         "script": board.script,
         "result_class": "",
         "version": gateway.__version__,
-        "outbox_backlog": h.get("outbox_backlog", 0),
-        "outbox_oldest_age_s": h.get("outbox_oldest_age_s", 0.0),
-        "dead_letters": h.get("dead_letters", 0),
-        "store_high_water": h.get("store_high_water", False),
-        "upstream_state": h.get("upstream_state", ""),
-        "reserve_level": _json(h.get("reserve_level", {})),
+        "outbox_backlog": h.get(K.OUTBOX_BACKLOG, 0),
+        "outbox_oldest_age_s": h.get(K.OUTBOX_OLDEST_AGE_S, 0.0),
+        "dead_letters": h.get(K.DEAD_LETTERS, 0),
+        "store_high_water": h.get(K.STORE_HIGH_WATER, False),
+        "upstream_state": h.get(K.UPSTREAM_STATE, ""),
+        "reserve_level": _json(h.get(K.RESERVE_LEVEL, {})),
         "adapters": _json(dict(board.adapters)),
         "counters": _json(dict(board.counters)),
-        "cert_expiry": _earliest_expiry(server_not_after, h.get("cert_expiry")),
+        "cert_expiry": _earliest_expiry(server_not_after, h.get(K.CERT_EXPIRY)),
         "uptime_s": round(max(0.0, time.time() - board.started_at), 1),
     }
 
