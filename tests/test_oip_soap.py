@@ -177,6 +177,26 @@ async def test_readable_but_wrong_request_gets_a_nak_body():
     assert station.calls == []
 
 
+async def test_soap_commands_obey_the_tcp_field_rules_and_limits():
+    """Every SOAP command must have a TCP form: no , ; in fields, oip.max_field_bytes and
+    oip.max_records hold for XML too (NAK 1 / NAK 3 naming the element)."""
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        separators = seed_soap_order().replace(b"<iname>wZw Black Pad</iname>",
+                                               b"<iname>wZw, Black; Pad</iname>", 1)
+        long_name = seed_soap_order().replace(b"<iname>wZw Black Pad</iname>",
+                                              b"<iname>" + b"x" * 300 + b"</iname>", 1)
+        many = seed_soap_order().replace(
+            b"</AIList>", b"".join(etree.tostring(x) for x in seed_aorder().iter("{*}instr"))
+            * 130 + b"</AIList>", 1)
+        replies = [reply_of((await post(server, body))[1])
+                   for body in (separators, long_name, many)]
+    assert replies[0][:3] == (False, 1, 12345) and "instr[1]/iname" in replies[0][3]
+    assert replies[1][:3] == (False, 3, 12345) and "instr[1]/iname: 300 bytes" in replies[1][3]
+    assert replies[2][:3] == (False, 3, 12345) and "oip.max_records" in replies[2][3]
+    assert station.calls == []
+
+
 HOSTILE = {
     "xxe": b"""<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>

@@ -15,7 +15,7 @@ import logging
 from aiohttp import web
 
 from adapters.oip import xmlcodec
-from adapters.oip.common import StationLike, call_station, server_ssl_context
+from adapters.oip.common import StationLike, call_station, limits_of, server_ssl_context
 from adapters.oip.records import OipError
 from gateway.board import StatusBoard
 from gateway.model import Nak, Origin, Refusal, Reply
@@ -35,6 +35,7 @@ class OipSoapServer:
     def __init__(self, settings: OipSettings, station: StationLike, board: StatusBoard) -> None:
         self.settings = settings
         self.soap = settings.soap
+        self._limits = limits_of(settings)
         self.station = station
         self.board = board
         self.ready = asyncio.Event()
@@ -105,6 +106,11 @@ class OipSoapServer:
                                f"{self.soap.max_body_bytes} bytes", status=413)
         try:
             header, command = xmlcodec.decode_envelope(xmlcodec.parse_xml(body))
+            try:
+                xmlcodec.check_limits(command, self._limits)
+            except OipError as exc:
+                exc.tsn = header.tsn
+                raise
         except xmlcodec.EnvelopeError as exc:
             log.warning("OIP SOAP: %s unreadable request: %s", peer, exc.detail)
             return self._fault(exc.tsn, Refusal.MALFORMED, exc.detail)

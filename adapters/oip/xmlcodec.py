@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from lxml import etree
 
-from adapters.oip.codec import NAK_CODES
+from adapters.oip.codec import NAK_CODES, Limits
 from adapters.oip.records import (
     COMMANDS,
     INT16,
@@ -28,6 +28,7 @@ from adapters.oip.records import (
     ORDER_FIELDS,
     OipError,
     check_instruction,
+    check_text,
     malformed,
     parse_int,
 )
@@ -217,6 +218,43 @@ def decode_instr(el: etree._Element, no: int) -> Instruction:
         qty=parse_int(_need(el, "qty", where), f"{where}/qty"),
         steps=tuple(Step(i, c, h) for i, c, h in zip(ints, cs, hs, strict=True)))
     return check_instruction(ins, where)
+
+
+def check_limits(command: Command, limits: Limits) -> Command:
+    """The TCP form's rules for a command decoded from XML: every field fits
+    ``max_field_bytes`` and carries none of ``, ; STX ETX`` (so that each SOAP command has a TCP
+    form, and results and events stay within the same bounds), and an ORDER has at most
+    ``max_records`` records (header + order record + instructions). Raises OipError (NAK 1 or
+    3) naming the element."""
+    fields: list[tuple[str, str]] = []
+    match command:
+        case Login():
+            fields = [("ALOGIN/user", command.user),
+                      *((f"ALOGIN/extra[{n}]", x) for n, x in enumerate(command.extra, 1))]
+        case StepResult():
+            fields = [("ADATA/Ordnr", command.Ordnr), ("ADATA/group", command.group),
+                      ("ADATA/value", command.value)]
+        case PrintRequest():
+            fields = [("APRINT/Ordnr", command.Ordnr), ("APRINT/selection", command.selection)]
+        case LoadOrder():
+            order = command.order
+            records = 2 + len(order.instructions)
+            if records > limits.max_records:
+                raise OipError(Refusal.TOO_LARGE, f"AORDER: {records} records (header, order, "
+                               f"{len(order.instructions)} instr) > oip.max_records "
+                               f"{limits.max_records}")
+            fields = [(f"AORDER/{name}", getattr(order, name)) for name in ORDER_FIELDS]
+            for no, ins in enumerate(order.instructions, 1):
+                where = f"AORDER/AIList/instr[{no}]"
+                fields += [(f"{where}/{name}", getattr(ins, name))
+                           for name in ("group", "item", "sitem", "iname")]
+                fields += [(f"{where}/params/c[{k}]", st.c) for k, st in enumerate(ins.steps, 1)]
+    for where, value in fields:
+        check_text(value, where)
+        if len(value.encode()) > limits.max_field_bytes:
+            raise OipError(Refusal.TOO_LARGE, f"{where}: {len(value.encode())} bytes > "
+                           f"oip.max_field_bytes {limits.max_field_bytes}")
+    return command
 
 
 def payload_hash(header: Header, command: Command) -> str:
