@@ -174,6 +174,55 @@ async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:
         await server.stop()
 
 
+async def test_lost_reply_of_a_pool_return_is_not_a_dead_letter(tmp_path: Path) -> None:
+    """SNReturnAllocated has no idempotency key: its resend after a lost reply meets serial
+    numbers already returned (Bad_InvalidState), which is the earlier attempt's effect. A
+    first attempt with that answer stays a permanent refusal."""
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki")
+    await server.start()
+    proxy = FaultProxy(target_port=server.port)
+    await proxy.start()
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+    client = OpenScsClient(OpenScsSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/openscs", username="line",
+        password_file=pw, trust_dir=trust, certificate_file=tmp_path / "c.pem",
+        private_key_file=tmp_path / "k.pem", timeout_s=1.0, reconnect_max_s=0.1))
+    try:
+        got = await client.sn_request_allocated(2, selection="09506000134352")
+        pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
+        up = OpenScsUpstream(client)
+        body = {"serials": list(got.serials), "pool": "09506000134352", "pool_id": pool}
+        ret = msg("pool", "SNReturnAllocated", body)
+        await proxy.set_mode("drop_replies")
+        first = await up.deliver("pool", [ret])
+        assert [r.outcome for r in first] == [Outcome.RETRY]
+        await proxy.set_mode("pass")
+        proxy.cut()
+        resend = StoredMessage(ret.id, ret.stream, ret.kind, ret.key, ret.body, ret.created_at,
+                               attempts=1)  # what the outbox hands over after a RETRY
+        for _ in range(50):
+            again = await up.deliver("pool", [resend])
+            if again[0].outcome is not Outcome.RETRY:
+                break
+            await asyncio.sleep(0.1)
+        assert again[0].outcome is Outcome.DONE and "replay" in again[0].reason
+        states = server.serial_states(pool)
+        assert all(states[(pool, s)] == S.Unallocated for s in got.serials)
+        # the same answer to a first attempt is a real refusal
+        fresh = await up.deliver("pool", [msg("pool", "SNReturnAllocated", body)])
+        assert fresh[0].outcome is Outcome.PERMANENT and "BadInvalidState" in fresh[0].reason
+    finally:
+        await client.close()
+        await proxy.stop()
+        await server.stop()
+
+
 async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None:
     server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
                              cert_dir=tmp_path / "pki")
