@@ -13,10 +13,11 @@ import pytest_asyncio
 
 from adapters.epcis.builder import ObjectEvent, build_document
 from adapters.openscs.client import OpenScsClient
+from adapters.openscs.nodeids import NS_URI_SPEC
 from adapters.openscs.upstream import EVENT_STATES, POOL_STATES, OpenScsUpstream
 from gateway.model import KeyValue, Outcome, ReturnStatus, StoredMessage
 from gateway.model import SerialNumberState as S
-from gateway.settings import OpenScsSettings
+from gateway.settings import ManagerEndpoints, OpenScsSettings
 from tests.test_openscs_client_fixture import ScsServer, running_server
 from tools.faultproxy import FaultProxy
 from tools.openscs_server.server import ReferenceServer
@@ -221,6 +222,53 @@ async def test_lost_reply_of_a_pool_return_is_not_a_dead_letter(tmp_path: Path) 
         await client.close()
         await proxy.stop()
         await server.stop()
+
+
+async def test_per_manager_endpoints_and_the_spec_text_namespace(tmp_path: Path) -> None:
+    """Pool manager on one server (namespace URI as the specification text writes it), event
+    manager on another (the NodeSet's URI): each call goes to its own manager."""
+    pools = ReferenceServer(port=0, db_path=tmp_path / "a.sqlite", users={"line": "pw"},
+                            cert_dir=tmp_path / "pki-a", namespace_uri=NS_URI_SPEC)
+    events = ReferenceServer(port=0, db_path=tmp_path / "b.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki-b")
+    await pools.start()
+    await events.start()
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "a.der").write_bytes(pools.cert_path.read_bytes())
+    (trust / "b.der").write_bytes(events.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+
+    def settings(**kw: object) -> OpenScsSettings:
+        return OpenScsSettings(endpoint=events.endpoint, username="line", password_file=pw,
+                               trust_dir=trust, certificate_file=tmp_path / "c.pem",
+                               private_key_file=tmp_path / "k.pem", timeout_s=5.0,
+                               **kw)  # type: ignore[arg-type]
+
+    split = OpenScsClient(settings(endpoints=ManagerEndpoints(pool_manager=pools.endpoint)))
+    direct = OpenScsClient(settings())
+    try:
+        got = await split.sn_request_allocated(2, selection="09506000134352")
+        assert got.verdict.decision.name == "DONE" and len(got.serials) == 2
+        pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
+        assert {sn for (_, sn) in pools.serial_states()} == set(got.serials)
+        assert events.serial_states() == {}
+        # a serial number the event server handed out, commissioned through the split client
+        own = await direct.sn_request_allocated(1, selection="09506000134352")
+        up = OpenScsUpstream(split)
+        done = await up.deliver("event", [msg("event", "SIDCommissioningEvent",
+                                              {"serials": list(own.serials), "pool": pool,
+                                               "context": CONTEXT})])
+        assert [r.outcome for r in done] == [Outcome.DONE]
+        assert [e["method"] for e in events.events()] == ["SIDCommissioningEvent"]
+        assert pools.events() == []
+    finally:
+        await split.close()
+        await direct.close()
+        await pools.stop()
+        await events.stop()
 
 
 async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None:

@@ -405,13 +405,17 @@ async def test_state_model_is_enforced(server: ReferenceServer, peer: Peer) -> N
     never = "urn:epc:id:sgtin:9506000.013435.100011"
     with pytest.raises(ua.uaerrors.BadInvalidState):
         await peer.event("SIDCommissioningEvent", (never,))
-    _, coll, _ = await peer.request("SNRequestAllocated", 3)
-    a, b, c = coll.SerialNumbers
+    _, coll, _ = await peer.request("SNRequestAllocated", 4)
+    a, b, c, d = coll.SerialNumbers
     with pytest.raises(ua.uaerrors.BadInvalidState):  # labels need Encoded first
         await peer.event("LabelsScrappingEvent", (a,))
     assert await peer.event("LabelsEncodingEvent", (a, b)) == R.NoError
     assert await peer.event("LabelsInspectingEvent", (a,)) == R.NoError
     assert await peer.event("LabelsScrappingEvent", (b,)) == R.NoError
+    with pytest.raises(ua.uaerrors.BadInvalidState):  # sampling needs an Encoded label
+        await peer.event("LabelsSamplingEvent", (d,))
+    assert await peer.event("LabelsEncodingEvent", (d,)) == R.NoError
+    assert await peer.event("LabelsSamplingEvent", (d,)) == R.NoError
     assert await peer.event("SIDCommissioningEvent", (a, c)) == R.NoError
     _, sscc, _ = await peer.request(
         "SNRequestAllocated", 1, criteria=[t.KeyValue("SIDClass", "GS1:SSCC")]
@@ -446,6 +450,7 @@ async def test_state_model_is_enforced(server: ReferenceServer, peer: Peer) -> N
     assert bare[a.rsplit(".", 1)[1]] == S.Commissioned
     assert bare[b.rsplit(".", 1)[1]] == S.LabelScrapped
     assert bare[c.rsplit(".", 1)[1]] == S.Destroyed
+    assert bare[d.rsplit(".", 1)[1]] == S.LabelSampled
     assert bare[parent.rsplit(".", 1)[1]] == S.Released
     recorded = [e["method"] for e in server.events()]
     assert recorded.count("SIDCommissioningEvent") == 2
