@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway import board as board_keys
+from gateway.aio import cancel_requested
 from gateway.board import StatusBoard
 from gateway.errors import StoreFull, TransportError, UpstreamError
 from gateway.model import DeliveryResult, Outcome, StoredMessage
@@ -89,7 +90,16 @@ class Delivery:
                     self._outbox.streams_changed.clear()
                     for stream in await self._outbox.pending_streams() + list(
                             self._outbox.known_streams()):
-                        if stream not in self._tasks:
+                        task = self._tasks.get(stream)
+                        if task is not None and task.done():
+                            # a failure would have stopped the whole group; a stream task
+                            # that ended anyway was cancelled by something other than our
+                            # own shutdown: restart it, loudly, rather than leave it stalled
+                            log.error("delivery of stream %s stopped unexpectedly (%s); "
+                                      "restarting it", stream,
+                                      "cancelled" if task.cancelled() else "returned")
+                            task = None
+                        if task is None:
                             self._tasks[stream] = tg.create_task(
                                 self._stream(stream), name=f"{self.name}-{stream}")
                     await self._wait(self._outbox.streams_changed, FALLBACK_POLL_S)
@@ -147,6 +157,10 @@ class Delivery:
                        ) -> tuple[list[DeliveryResult], str]:
         try:
             results = list(await self._upstream.deliver(stream, batch))
+        except asyncio.CancelledError as exc:
+            if cancel_requested():
+                raise
+            return [], f"the upstream call was cancelled underneath us: {exc!r}"
         except UpstreamError as exc:
             if exc.permanent:
                 return [DeliveryResult(Outcome.PERMANENT, str(exc))], ""

@@ -37,6 +37,25 @@ class Stuttering:
         return await self.inner.deliver(stream, batch[: self.take])
 
 
+class CancelledUnderneath:
+    """A real upstream client whose first calls fail the way asyncua fails when a
+    connection drops while a reply is awaited: a CancelledError subclass nobody asked for."""
+
+    def __init__(self, inner: Upstream, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+
+    async def deliver(self, stream: str,
+                      batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
+        if self.failures:
+            self.failures -= 1
+            raise StrayCancel("request future cancelled as the connection was lost")
+        return await self.inner.deliver(stream, batch)
+
+
+class StrayCancel(asyncio.CancelledError):
+    pass
+
+
 Env = tuple[Outbox, MiniUpstream, MiniUpstreamClient]
 
 
@@ -137,3 +156,21 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
         delays = [backoff_s(failures, s, rng) for _ in range(200)]
         assert all(cap / 2 <= d <= cap for d in delays)
         assert len({round(d, 6) for d in delays}) > 100  # jittered, not lock-step
+
+
+async def test_a_cancel_raised_by_the_transport_is_a_retry_not_a_dead_stream(env: Env) -> None:
+    """A CancelledError that nobody requested (asyncua on a lost connection) must not end the
+    stream's task: the batch is retried and the stream drains; a real cancel still stops."""
+    outbox, up, client = env
+    board = StatusBoard()
+    task = await _serve(Delivery(outbox, CancelledUnderneath(client, 3), FAST, board))
+    await outbox.submit([NewMessage("event", "E", f"c{n}", {"n": n}) for n in range(5)])
+
+    async def drained() -> bool:
+        return (await outbox.stats()).pending == 0
+
+    await until(drained)
+    assert [k for _, k, _ in applied(up.db_path)] == [f"c{n}" for n in range(5)]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -17,6 +17,7 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +47,18 @@ def _acked(acks: Path) -> int:
     return max((int(x) for x in acks.read_text().split()), default=-1) if acks.exists() else -1
 
 
+def _produced(store: Path) -> int:
+    """The number the worker resumes at, as committed in the outbox (0: nothing yet)."""
+    if not store.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM state WHERE key='produced'").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row else 0
+
+
 def run_kill_cycles(tmp_path: Path, *, kills: int, total: int, rate: int,
                     seed: int) -> dict[str, object]:
     from tools.mini_upstream import applied, call_results
@@ -68,6 +81,11 @@ def run_kill_cycles(tmp_path: Path, *, kills: int, total: int, rate: int,
             proc.wait(timeout=30)
             assert proc.returncode == -signal.SIGKILL
             acked.append(_acked(acks))
+            # What was acknowledged is in the file: the restart resumes after it and never
+            # produces an acknowledged number again (which would hide its loss).
+            produced = _produced(store)
+            assert produced > acked[-1], (
+                f"message {acked[-1]} was acknowledged but the store resumes at {produced}")
         final = _start(worker)
         out, _ = final.communicate(timeout=240)
         assert final.returncode == 0, out

@@ -27,6 +27,7 @@ from pathlib import Path
 from asyncua import Client, Server, ua
 from asyncua.common.methods import uamethod
 
+from gateway.aio import cancel_requested
 from gateway.errors import TransportError
 from gateway.model import DeliveryResult, Outcome, StoredMessage
 
@@ -179,6 +180,11 @@ class MiniUpstreamClient:
                     method, ua.Variant(stream, ua.VariantType.String),
                     ua.Variant(keys, ua.VariantType.String),
                     ua.Variant(bodies, ua.VariantType.String))
+        except asyncio.CancelledError as exc:
+            if cancel_requested():
+                raise
+            await self.close()  # asyncua cancelled the call as the connection went down
+            raise TransportError(f"mini upstream {self.url}: call cancelled: {exc!r}") from exc
         except (OSError, TimeoutError, ua.UaError) as exc:
             await self.close()
             raise TransportError(f"mini upstream {self.url}: {type(exc).__name__}: {exc}") from exc

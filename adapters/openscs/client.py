@@ -42,6 +42,7 @@ from adapters.openscs import ua as scs_ua
 from adapters.openscs.results import Decision, Verdict, from_exception, from_return_status
 from adapters.openscs.session import Session
 from gateway import board as K
+from gateway.aio import cancel_requested
 from gateway.board import StatusBoard
 from gateway.errors import TransportError, UpstreamError
 from gateway.model import (
@@ -276,7 +277,10 @@ class OpenScsClient:
                                f"manager at {session.url}"), []
             return await self._call_on(role, session, mgr.node, method_id, method, args)
         except asyncio.CancelledError:
-            raise
+            if cancel_requested():
+                raise
+            return Verdict(Decision.RETRY, f"{method}: the call was cancelled by the "
+                           "connection (lost while waiting for the reply)"), []
         except (UpstreamError, TransportError) as exc:
             verdict = from_exception(exc, method)
             # configuration/security problems block the stream, they do not condemn the data
@@ -289,10 +293,14 @@ class OpenScsClient:
         request.MethodId = method_id
         request.InputArguments = list(args)
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                results = await session.client.uaclient.call([request])
-        except asyncio.CancelledError:
-            raise
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    results = await session.client.uaclient.call([request])
+            except asyncio.CancelledError as exc:
+                if cancel_requested():
+                    raise
+                # asyncua cancelled the request's future as the connection went down
+                raise TimeoutError(f"call cancelled by the connection: {exc!r}") from exc
         except (ua.UaError, OSError, TimeoutError, ConnectionError) as exc:
             verdict = from_exception(exc, method)
             if verdict.decision is Decision.RETRY:
