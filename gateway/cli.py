@@ -76,10 +76,26 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{args.settings}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
-    for warning in [*settings.warnings, *check_warnings(settings)]:
+    errors, warnings = _split(check_warnings(settings))
+    for warning in [*settings.warnings, *warnings]:
         print(f"WARNING: {warning}", file=sys.stderr)
+    if errors:
+        for error in errors:
+            print(f"{args.settings}: {error}", file=sys.stderr)
+        print(f"{args.settings}: {len(errors)} problem(s)", file=sys.stderr)
+        return 2
     print(f"{args.settings}: OK — {summary(settings)}")
     return 0
+
+
+WILL_NOT_START = "(the status server will not start)"
+
+
+def _split(messages: list[str]) -> tuple[list[str], list[str]]:
+    """(errors, warnings): a status server that cannot start is an error for check and run,
+    so that a unit's ExecStartPre check stops what would only crash-loop."""
+    errors = [m for m in messages if m.endswith(WILL_NOT_START)]
+    return errors, [m for m in messages if m not in errors]
 
 
 async def _run_until_signalled(settings) -> int:  # settings: gateway.settings.Settings
@@ -106,6 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.logging.level)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    from gateway.status.server import check_warnings
+
+    errors, _ = _split(check_warnings(settings))  # the warnings are logged by the server
+    if errors:
+        for error in errors:
+            log.critical("%s: %s", args.settings, error)
+        return 2
     try:
         return asyncio.run(_run_until_signalled(settings))
     except StoreCorrupt as exc:

@@ -143,7 +143,9 @@ class Runtime:
                 ingress = [tg.create_task(supervise(svc, sup, self.board), name=svc.name)
                            for svc in comps.ingress]
                 watchdog = tg.create_task(self._watchdog(), name="watchdog")
-                await self._wait_ready(comps.ingress)
+                # READY once the listeners (and the status server) are up: background
+                # services without a ready event (delivery, upstream client) need no wait
+                await self._wait_ready([*comps.background, *comps.ingress])
                 self.ready.set()
                 sdnotify.notify("READY=1\nSTATUS=running")
                 log.info("linegate ready: station %s (%s), %d ingress, %d background services",

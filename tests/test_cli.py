@@ -28,7 +28,9 @@ def test_version():
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"], ["outbox"],
-                                     ["outbox", "stats"], ["outbox", "dead", "list"]])
+                                     ["outbox", "stats"], ["outbox", "dead", "list"],
+                                     ["outbox", "dead", "show"], ["outbox", "dead", "retry"],
+                                     ["trust"], ["passwd"]])
 def test_help_on_every_command(command):
     out = linegate(*command, "--help")
     assert out.returncode == 0, out.stderr
@@ -73,3 +75,18 @@ def test_check_missing_file(tmp_path: Path):
     out = linegate("check", "--settings", str(tmp_path / "nope.json"))
     assert out.returncode == 2
     assert "nope.json" in out.stderr
+
+
+def test_a_status_server_that_cannot_start_fails_check_and_run(tmp_path: Path):
+    """What would only crash-loop under systemd is refused before start, exit 2."""
+    bad = tmp_path / "settings.json"
+    bad.write_text("{opcua_server: {enable: true, fields: ['user', 'usr'],\n"
+                   "  certificates: {enable: true}}}\n")
+    out = linegate("check", "--settings", str(bad))
+    assert out.returncode == 2, out.stderr
+    assert "unknown field 'usr'" in out.stderr and "will not start" in out.stderr
+    run = linegate("run", "--settings", str(bad), timeout=60)
+    assert run.returncode == 2 and "unknown field 'usr'" in run.stderr
+    bad.write_text("{opcua_server: {enable: true, certificates: {enable: true}}}\n")
+    out = linegate("check", "--settings", str(bad))
+    assert out.returncode == 2 and str(tmp_path / "public" / "cert.pem") in out.stderr
