@@ -20,6 +20,7 @@ from gateway.model import SerialNumberState as S
 from gateway.settings import ManagerEndpoints, OpenScsSettings
 from tests.test_openscs_client_fixture import ScsServer, running_server
 from tools.faultproxy import FaultProxy
+from tools.openscs_server.engine import Limits
 from tools.openscs_server.server import ReferenceServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -303,6 +304,47 @@ async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None
         pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
         states = server.serial_states(pool)
         assert sorted(states.values()) == [S.Commissioned] * 3
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_epcis_document_above_the_limits_is_sent_in_parts(tmp_path: Path) -> None:
+    """MaxEPCISObjectEventSIDs 2: a 5-EPC commissioning document goes as 3 files, each with
+    its own IdempotencyKey, and every serial number ends up commissioned exactly once."""
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki",
+                             limits=Limits(MaxEPCISObjectEventSIDs=2))
+    await server.start()
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+    client = OpenScsClient(OpenScsSettings(
+        endpoint=server.endpoint, username="line", password_file=pw, trust_dir=trust,
+        certificate_file=tmp_path / "c.pem", private_key_file=tmp_path / "k.pem",
+        timeout_s=5.0))
+    try:
+        got = await client.sn_request_allocated(5, selection="09506000134352",
+                                                sn_format="EPCURI")
+        doc = build_document([ObjectEvent("commissioning", got.serials,
+                                          datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))],
+                             datetime(2026, 1, 2, 3, 5, tzinfo=UTC))
+        up = OpenScsUpstream(client)
+        big = msg("event", "EPCISStream", {"document": doc.decode(), "sn_format": "EPCURI",
+                                           "context": CONTEXT})
+        [result] = await up.deliver("event", [big])
+        assert result.outcome is Outcome.DONE, result.reason
+        files = server.files()
+        assert [f["accepted"] for f in files] == [True, True, True]
+        pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
+        assert sorted(server.serial_states(pool).values()) == [S.Commissioned] * 5
+        # a replay of the whole message is answered per part, nothing applied twice
+        [again] = await up.deliver("event", [big])
+        assert again.outcome is Outcome.DONE
+        assert sorted(server.serial_states(pool).values()) == [S.Commissioned] * 5
     finally:
         await client.close()
         await server.stop()

@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+from lxml import etree
+
+from adapters.epcis.split import split_document
 from adapters.openscs import types
 from adapters.openscs.client import CallResult, OpenScsClient
 from adapters.openscs.results import Decision, Verdict
@@ -199,9 +202,32 @@ class OpenScsUpstream:
             if not document:
                 raise BodyError("body.document is empty")
             fmt = c.settings.sn_format
-            options = types.EventStreamArgument(
-                _str(body, "sn_format", fmt), _str(body, "parent_sn_format", fmt),
-                _str(body, "packed_sn_format", fmt), _context(body, message.key))
-            return await c.epcis_stream(document, options)
+            parts = await self._epcis_parts(document)
+            result = CallResult(Verdict(Decision.DONE), calls=0)
+            for i, part in enumerate(parts, 1):
+                key = message.key if len(parts) == 1 else f"{message.key}#{i}/{len(parts)}"
+                options = types.EventStreamArgument(
+                    _str(body, "sn_format", fmt), _str(body, "parent_sn_format", fmt),
+                    _str(body, "packed_sn_format", fmt), _context(body, key))
+                result = await c.epcis_stream(part, options)
+                if not result.ok:
+                    if len(parts) > 1:
+                        return CallResult(Verdict(result.verdict.decision,
+                                                  f"part {i}/{len(parts)}: "
+                                                  f"{result.verdict.reason}"),
+                                          result.status, result.calls)
+                    return result
+            return result
         raise BodyError(f"unknown message kind {kind!r} (see adapters/openscs/MESSAGES.md)")
+
+    async def _epcis_parts(self, document: bytes) -> list[bytes]:
+        """The document cut to the event manager's MaxEPCIS* limits (one part if it fits)."""
+        sids = await self.client.limit("event", "MaxEPCISObjectEventSIDs")
+        aggs = await self.client.limit("event", "MaxEPCISaggregationEvents")
+        try:
+            return split_document(document, sids, aggs)
+        except (etree.XMLSyntaxError, ValueError) as exc:
+            # not ours to judge: the server checks the document and says what is wrong
+            log.warning("EPCIS document cannot be split (%s); sent as it is", exc)
+            return [document]
 

@@ -1,0 +1,59 @@
+"""Cutting an EPCIS document to an event manager's limits (sans-IO)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from adapters.epcis.builder import AggregationEvent, ObjectEvent, build_document
+from adapters.epcis.split import split_document
+from adapters.epcis.validate import document_events, validate_epcis
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def sgtin(n: int) -> str:
+    return f"urn:epc:id:sgtin:9506000.013435.{100000 + n}"
+
+
+def sscc(n: int) -> str:
+    return f"urn:epc:id:sscc:9506000.{1000000000 + n}"
+
+
+def document() -> bytes:
+    items = tuple(sgtin(n) for n in range(7))
+    return build_document([
+        ObjectEvent("commissioning", items, T0),
+        ObjectEvent("commissioning", (sscc(1), sscc(2)), T0 + timedelta(seconds=1)),
+        AggregationEvent("packing", sscc(1), items[:4], T0 + timedelta(seconds=2)),
+        AggregationEvent("packing", sscc(2), items[4:], T0 + timedelta(seconds=3)),
+    ], T0 + timedelta(minutes=1))
+
+
+def test_a_document_within_the_limits_is_sent_as_it_is():
+    doc = document()
+    assert split_document(doc) == [doc]
+    assert split_document(doc, 100, 100) == [doc]
+
+
+def test_parts_respect_the_limits_keep_the_order_and_lose_nothing():
+    doc = document()
+    parts = split_document(doc, max_object_event_sids=3, max_aggregation_events=1)
+    assert len(parts) > 1
+    for part in parts:  # every part is a valid document within both limits
+        assert validate_epcis(part, max_object_event_sids=3, max_aggregation_events=1) == []
+    whole = [(e["kind"], e["bizStep"], e["parentID"], tuple(e["epcs"]))  # type: ignore[arg-type]
+             for e in document_events(doc)]
+    joined = [(e["kind"], e["bizStep"], e["parentID"], e["epcs"])
+              for part in parts for e in document_events(part)]
+    # the same events in the same order; the 7-EPC commissioning is cut into 3+3+1
+    commissioning = [tuple(epcs) for kind, step, _, epcs in joined
+                     if kind == "ObjectEvent" and epcs and str(epcs[0]).startswith(
+                         "urn:epc:id:sgtin")]
+    assert commissioning == [tuple(sgtin(n) for n in range(3)),
+                             tuple(sgtin(n) for n in range(3, 6)), (sgtin(6),)]
+    flat = [epc for c in commissioning for epc in c]
+    assert flat == list(whole[0][3])
+    assert [j for j in joined if j[0] == "AggregationEvent"] == [
+        (k, s, p, list(e)) for k, s, p, e in whole if k == "AggregationEvent"]
+    # the limits alone would refuse the original
+    assert validate_epcis(doc, max_object_event_sids=3, max_aggregation_events=1)
