@@ -120,7 +120,7 @@ class Runtime:
             comps.background.append(reserve)
         status: StatusServer | None = None
         if s.opcua_server.enable:
-            status = StatusServer(s, self.board, self.restart)
+            status = StatusServer(s, self.board, self.restart, close_order=station.close_order)
             comps.background.append(status)
         if s.opcua_server.aggregator.url:
             comps.background.append(Uploader(s, self.board, source=status))

@@ -169,6 +169,19 @@ class Station:
         await self._outbox.submit(state={"user": None})
         self._apply_user(ticket, "")
 
+    async def close_order(self) -> str:
+        """Close the current order explicitly (the status server's ``close_order``): its
+        serial numbers issued and never used go back upstream, as at a new ORDER or INIT.
+        Returns the Ordnr closed ("" when none was loaded)."""
+        async with self._session_lock:
+            previous = self._order.Ordnr if self._order else ""
+            ticket = self._ticket()
+            await self._outbox.submit(state={"order": None}, hook=self._close_order_hook())
+            self._apply_order(ticket, None)
+        self._board.cmd = "close_order"
+        log.info("order %r closed explicitly", previous)
+        return previous
+
     @property
     def order(self) -> Order | None:
         return self._order

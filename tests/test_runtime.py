@@ -10,12 +10,12 @@ from pathlib import Path
 
 from asyncua import Client, ua
 
-from gateway.model import Login, Ping
+from gateway.model import LoadOrder, Login, Ping
 from gateway.runtime import Runtime
 from gateway.settings_loader import load_settings_text
 from tests.test_faults import until
 from tests.tooling import free_port
-from tools.pacsim import TcpPac
+from tools.pacsim import SEED_ORDER, TcpPac
 
 SETTINGS = """{
   station: {name: "rt-station", role: "prism"},
@@ -57,13 +57,29 @@ async def test_login_reaches_status_and_restart_restarts_the_runtime(tmp_path: P
         await asyncio.wait_for(runtime.ready.wait(), 30)
         pac = await TcpPac.connect("127.0.0.1", tcp)
         assert (await pac.request(Login("op9"), 1)).ack
+        assert (await pac.request(LoadOrder(SEED_ORDER), 3)).ack
         await pac.close()
+
+        async def script_is(want: str) -> bool:
+            return await _read_or_none(status, "script") == want
+
+        await until(lambda: script_is(SEED_ORDER.Ordnr), within_s=20)
+        client = Client(f"opc.tcp://127.0.0.1:{status}/", timeout=5)
+        await client.connect()
+        try:  # the MES closes the order explicitly
+            idx = await client.get_namespace_index("urn:linegate:status")
+            closed = await client.get_node(ua.NodeId("Status", idx)).call_method(
+                ua.NodeId("Status/close_order", idx))
+        finally:
+            await client.disconnect()
+        assert closed == SEED_ORDER.Ordnr
+        await until(lambda: script_is(""), within_s=20)
 
         async def user_is(want: str) -> bool:
             return await _read_or_none(status, "user") == want
 
         await until(lambda: user_is("op9"), within_s=20)
-        assert await _read(status, "cmd") == "LOGIN"
+        assert await _read(status, "cmd") == "close_order"  # the last command executed
 
         client = Client(f"opc.tcp://127.0.0.1:{status}/", timeout=5)
         await client.connect()

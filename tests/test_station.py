@@ -248,3 +248,49 @@ async def test_nok_with_a_non_serial_value_is_recorded_without_an_event(env):
     events = [m for m in msgs if m.stream == "event"]
     assert [(m.kind, m.body["serials"]) for m in events] == [
         ("LabelsScrappingEvent", ["00123456789"])]
+
+
+async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(tmp_path):
+    """Order close = a new ORDER, INIT or the explicit close: serial numbers issued to the
+    closed order and never used are marked for return (the reserve's loop sends them)."""
+    from adapters.openscs.client import OpenScsClient
+    from adapters.openscs.reserve import AVAILABLE, RETURNING, Reserve, ensure_schema
+    from gateway.settings import OpenScsSettings, ReserveSettings
+
+    settings = Settings(store=StoreSettings(path=tmp_path / "outbox.sqlite"))
+    outbox = await Outbox.open(settings.store)
+
+    def fill(conn):
+        ensure_schema(conn)
+        conn.executemany("INSERT INTO reserve_serials (serial, selection, state, pool_id, "
+                         "added_at) VALUES (?, 'GTIN1', ?, 'P1', ?)",
+                         [(f"00{n:09d}", AVAILABLE, float(n)) for n in range(6)])
+
+    await outbox.submit(hook=fill)
+    # never connected: nothing here talks to upstream
+    reserve = Reserve(outbox, OpenScsClient(OpenScsSettings()), ReserveSettings())
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern,
+                      reserve=reserve)
+    await station.load()
+
+    async def states() -> dict[str, tuple[int, str]]:
+        result = await outbox.submit(hook=lambda c: dict(
+            (r[0], (r[1], r[2])) for r in c.execute(
+                "SELECT serial, state, ordnr FROM reserve_serials")))
+        return result.hook_result
+
+    first, second = ORDER, dataclasses.replace(ORDER, Ordnr="ZI000002")
+    assert await station.handle(LoadOrder(first), origin(1)) == Ack()
+    printed = await station.handle(PrintRequest(first.Ordnr, "GTIN1", 3), origin(2))
+    used = StepResult(first.Ordnr, "G5A1", 1, 10, 2, True, printed.serials[0])
+    assert await station.handle(used, origin(3)) == Ack()
+    assert await station.handle(LoadOrder(second), origin(4)) == Ack()  # closes the first
+    now = await states()
+    assert printed.serials[0] not in now  # used: it left the reserve
+    assert [now[s] for s in printed.serials[1:]] == [(RETURNING, first.Ordnr)] * 2
+    again = await station.handle(PrintRequest(second.Ordnr, "GTIN1", 1), origin(5))
+    assert await station.close_order() == second.Ordnr
+    assert station.order is None
+    assert (await states())[again.serials[0]] == (RETURNING, second.Ordnr)
+    assert (await outbox.get_state()).get("order") is None
+    await outbox.close()

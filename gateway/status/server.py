@@ -70,7 +70,8 @@ def application_uri(settings: Settings) -> str:
 class StatusServer:
     """Service: serves the status variables until cancelled."""
 
-    def __init__(self, settings: Settings, board: StatusBoard, restart: RestartCallback) -> None:
+    def __init__(self, settings: Settings, board: StatusBoard, restart: RestartCallback,
+                 close_order: Callable[[], Awaitable[str]] | None = None) -> None:
         self.name = "status-server"
         self.settings = settings
         self.board = board
@@ -80,6 +81,7 @@ class StatusServer:
                           else opc.listen_port_prism)
         self.fields = F.fields_for(settings)  # raises SettingsError on unknown names
         self._restart_cb = restart
+        self._close_order_cb = close_order
         self._restart_task: asyncio.Task[None] | None = None
         self._nodes: dict[str, Node] = {}
         self._published: dict[str, object] = {}
@@ -145,6 +147,10 @@ class StatusServer:
             self._nodes[spec.name] = node
         await status.add_method(ua.NodeId("Status/restart", idx),
                                 ua.QualifiedName("restart", idx), self._on_restart, [], [])
+        if self._close_order_cb is not None:
+            await status.add_method(ua.NodeId("Status/close_order", idx),
+                                    ua.QualifiedName("close_order", idx), self._on_close_order,
+                                    [], [ua.VariantType.String])
         if self.settings.station.role == "lente":
             clients = await objects.add_folder(ua.NodeId("Clients", idx),
                                                ua.QualifiedName("Clients", idx))
@@ -214,6 +220,19 @@ class StatusServer:
         await self._publish({"cmd": "restart", "user": ""})
         asyncio.get_running_loop().call_later(RESTART_DELAY_S, self._start_restart)
         return []
+
+    async def _on_close_order(self, parent: ua.NodeId) -> ua.StatusCode | list[ua.Variant]:
+        if not self._authorized("close_order") or self._close_order_cb is None:
+            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        log.warning("status server: close_order requested by %s (order %r)",
+                    sec.describe(sec.current_caller.get()), self.board.script)
+        try:
+            closed = await self._close_order_cb()
+        except Exception:
+            log.exception("status server: close_order failed")
+            return ua.StatusCode(ua.StatusCodes.BadInternalError)
+        await self._publish({"cmd": self.board.cmd, "script": self.board.script})
+        return [ua.Variant(closed, ua.VariantType.String)]
 
     def _start_restart(self) -> None:
         if self._restart_task is not None and not self._restart_task.done():
