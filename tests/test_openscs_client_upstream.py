@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +34,45 @@ def msg(stream: str, kind: str, body: dict[str, object], key: str = "") -> Store
 
 
 CONTEXT = {"Ordnr": "O-7", "VIN": "WVW123", "prdline": "L2", "station": "st-1"}
+
+
+@contextlib.asynccontextmanager
+async def reference(tmp_path: Path, *, via_proxy: bool = False, **server_kw: object,
+                    ) -> AsyncIterator[tuple[ReferenceServer, FaultProxy | None, OpenScsClient]]:
+    """A reference server (user line/pw, its certificate trusted), optionally behind a fault
+    proxy, and a client that reaches it (through the proxy); all stopped on exit."""
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki", **server_kw)  # type: ignore[arg-type]
+    await server.start()
+    proxy = FaultProxy(target_port=server.port) if via_proxy else None
+    if proxy is not None:
+        await proxy.start()
+    client = OpenScsClient(client_settings(
+        tmp_path, [server],
+        f"opc.tcp://127.0.0.1:{proxy.port}/openscs" if proxy else server.endpoint,
+        timeout_s=1.0 if proxy else 5.0, reconnect_max_s=0.1))
+    try:
+        yield server, proxy, client
+    finally:
+        await client.close()
+        if proxy is not None:
+            await proxy.stop()
+        await server.stop()
+
+
+def client_settings(tmp_path: Path, servers: Sequence[ReferenceServer], endpoint: str,
+                    **kw: object) -> OpenScsSettings:
+    """Client settings trusting ``servers``, user line with a 0600 password file."""
+    trust = tmp_path / "trusted"
+    trust.mkdir(exist_ok=True)
+    for n, server in enumerate(servers):
+        (trust / f"server{n}.der").write_bytes(server.cert_path.read_bytes())
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    pw.chmod(0o600)
+    return OpenScsSettings(endpoint=endpoint, username="line", password_file=pw,
+                           trust_dir=trust, certificate_file=tmp_path / "c.pem",
+                           private_key_file=tmp_path / "k.pem", **kw)  # type: ignore[arg-type]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -134,22 +174,8 @@ async def test_upstream_down_is_retry(tmp_path: Path) -> None:
 
 async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:
     """Reference server behind a proxy that swallows the reply: the retry is a replay."""
-    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
-                             cert_dir=tmp_path / "pki")
-    await server.start()
-    proxy = FaultProxy(target_port=server.port)
-    await proxy.start()
-    trust = tmp_path / "trusted"
-    trust.mkdir()
-    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
-    pw.chmod(0o600)
-    client = OpenScsClient(OpenScsSettings(
-        endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/openscs", username="line",
-        password_file=pw, trust_dir=trust, certificate_file=tmp_path / "c.pem",
-        private_key_file=tmp_path / "k.pem", timeout_s=1.0, reconnect_max_s=0.1))
-    try:
+    async with reference(tmp_path, via_proxy=True) as (server, proxy, client):
+        assert proxy is not None
         got = await client.sn_request_allocated(2, selection="09506000134352")
         pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
         up = OpenScsUpstream(client)
@@ -170,32 +196,14 @@ async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:
         assert len(applied) == 1
         states = server.serial_states(pool)
         assert all(states[(pool, s)] == S.Commissioned for s in got.serials)
-    finally:
-        await client.close()
-        await proxy.stop()
-        await server.stop()
 
 
 async def test_lost_reply_of_a_pool_return_is_not_a_dead_letter(tmp_path: Path) -> None:
     """SNReturnAllocated has no idempotency key: its resend after a lost reply meets serial
     numbers already returned (Bad_InvalidState), which is the earlier attempt's effect. A
     first attempt with that answer stays a permanent refusal."""
-    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
-                             cert_dir=tmp_path / "pki")
-    await server.start()
-    proxy = FaultProxy(target_port=server.port)
-    await proxy.start()
-    trust = tmp_path / "trusted"
-    trust.mkdir()
-    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
-    pw.chmod(0o600)
-    client = OpenScsClient(OpenScsSettings(
-        endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/openscs", username="line",
-        password_file=pw, trust_dir=trust, certificate_file=tmp_path / "c.pem",
-        private_key_file=tmp_path / "k.pem", timeout_s=1.0, reconnect_max_s=0.1))
-    try:
+    async with reference(tmp_path, via_proxy=True) as (server, proxy, client):
+        assert proxy is not None
         got = await client.sn_request_allocated(2, selection="09506000134352")
         pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
         up = OpenScsUpstream(client)
@@ -219,10 +227,6 @@ async def test_lost_reply_of_a_pool_return_is_not_a_dead_letter(tmp_path: Path) 
         # the same answer to a first attempt is a real refusal
         fresh = await up.deliver("pool", [msg("pool", "SNReturnAllocated", body)])
         assert fresh[0].outcome is Outcome.PERMANENT and "BadInvalidState" in fresh[0].reason
-    finally:
-        await client.close()
-        await proxy.stop()
-        await server.stop()
 
 
 async def test_per_manager_endpoints_and_the_spec_text_namespace(tmp_path: Path) -> None:
@@ -234,19 +238,9 @@ async def test_per_manager_endpoints_and_the_spec_text_namespace(tmp_path: Path)
                              cert_dir=tmp_path / "pki-b")
     await pools.start()
     await events.start()
-    trust = tmp_path / "trusted"
-    trust.mkdir()
-    (trust / "a.der").write_bytes(pools.cert_path.read_bytes())
-    (trust / "b.der").write_bytes(events.cert_path.read_bytes())
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
-    pw.chmod(0o600)
 
     def settings(**kw: object) -> OpenScsSettings:
-        return OpenScsSettings(endpoint=events.endpoint, username="line", password_file=pw,
-                               trust_dir=trust, certificate_file=tmp_path / "c.pem",
-                               private_key_file=tmp_path / "k.pem", timeout_s=5.0,
-                               **kw)  # type: ignore[arg-type]
+        return client_settings(tmp_path, [pools, events], events.endpoint, timeout_s=5.0, **kw)
 
     split = OpenScsClient(settings(endpoints=ManagerEndpoints(pool_manager=pools.endpoint)))
     direct = OpenScsClient(settings())
@@ -273,20 +267,7 @@ async def test_per_manager_endpoints_and_the_spec_text_namespace(tmp_path: Path)
 
 
 async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None:
-    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
-                             cert_dir=tmp_path / "pki")
-    await server.start()
-    trust = tmp_path / "trusted"
-    trust.mkdir()
-    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
-    pw.chmod(0o600)
-    client = OpenScsClient(OpenScsSettings(
-        endpoint=server.endpoint, username="line", password_file=pw, trust_dir=trust,
-        certificate_file=tmp_path / "c.pem", private_key_file=tmp_path / "k.pem",
-        timeout_s=5.0))
-    try:
+    async with reference(tmp_path) as (server, _, client):
         got = await client.sn_request_allocated(3, selection="09506000134352",
                                                 sn_format="EPCURI")
         assert got.serials[0].startswith("urn:epc:id:sgtin:")
@@ -304,29 +285,13 @@ async def test_epcis_stream_against_the_reference_server(tmp_path: Path) -> None
         pool = got.collection.AssociatedPoolID  # type: ignore[union-attr]
         states = server.serial_states(pool)
         assert sorted(states.values()) == [S.Commissioned] * 3
-    finally:
-        await client.close()
-        await server.stop()
 
 
 async def test_epcis_document_above_the_limits_is_sent_in_parts(tmp_path: Path) -> None:
     """MaxEPCISObjectEventSIDs 2: a 5-EPC commissioning document goes as 3 files, each with
     its own IdempotencyKey, and every serial number ends up commissioned exactly once."""
-    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
-                             cert_dir=tmp_path / "pki",
-                             limits=Limits(MaxEPCISObjectEventSIDs=2))
-    await server.start()
-    trust = tmp_path / "trusted"
-    trust.mkdir()
-    (trust / "ref.der").write_bytes(server.cert_path.read_bytes())
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
-    pw.chmod(0o600)
-    client = OpenScsClient(OpenScsSettings(
-        endpoint=server.endpoint, username="line", password_file=pw, trust_dir=trust,
-        certificate_file=tmp_path / "c.pem", private_key_file=tmp_path / "k.pem",
-        timeout_s=5.0))
-    try:
+    async with reference(tmp_path,
+                               limits=Limits(MaxEPCISObjectEventSIDs=2)) as (server, _, client):
         got = await client.sn_request_allocated(5, selection="09506000134352",
                                                 sn_format="EPCURI")
         doc = build_document([ObjectEvent("commissioning", got.serials,
@@ -345,6 +310,3 @@ async def test_epcis_document_above_the_limits_is_sent_in_parts(tmp_path: Path) 
         [again] = await up.deliver("event", [big])
         assert again.outcome is Outcome.DONE
         assert sorted(server.serial_states(pool).values()) == [S.Commissioned] * 5
-    finally:
-        await client.close()
-        await server.stop()
