@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from adapters.epcis.builder import ObjectEvent, build_document
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.nodeids import NS_URI_SPEC
 from adapters.openscs.upstream import EVENT_STATES, POOL_STATES, OpenScsUpstream
-from gateway.model import KeyValue, Outcome, ReturnStatus, StoredMessage
+from gateway.errors import TransportError, UpstreamError
+from gateway.model import KeyValue, LabelCollection, Outcome, ReturnStatus, StoredMessage
 from gateway.model import SerialNumberState as S
 from gateway.settings import ManagerEndpoints, OpenScsSettings
 from tests.test_openscs_client_fixture import ScsServer, running_server
@@ -310,3 +312,50 @@ async def test_epcis_document_above_the_limits_is_sent_in_parts(tmp_path: Path) 
         [again] = await up.deliver("event", [big])
         assert again.outcome is Outcome.DONE
         assert sorted(server.serial_states(pool).values()) == [S.Commissioned] * 5
+
+
+async def test_reference_server_client_trust_list_and_x509_users(tmp_path: Path) -> None:
+    """The reference server enforces its own side of OPEN-SCS security: an untrusted client
+    application certificate is refused until trusted; an X.509 user identity it knows is
+    accepted, an unknown one refused."""
+    from adapters.openscs import certs
+
+    trusted = tmp_path / "server-trusts"
+    trusted.mkdir()
+    user_cert, user_key = tmp_path / "robot.pem", tmp_path / "robot_key.pem"
+    certs.ensure_application_certificate(user_cert, user_key, "urn:linegate:user:robot")
+    other_cert, other_key = tmp_path / "other.pem", tmp_path / "other_key.pem"
+    certs.ensure_application_certificate(other_cert, other_key, "urn:linegate:user:other")
+    server = ReferenceServer(port=0, db_path=tmp_path / "scs.sqlite", users={"line": "pw"},
+                             cert_dir=tmp_path / "pki", trusted_clients=trusted,
+                             x509_users={"robot": user_cert})
+    await server.start()
+    lc = LabelCollection(ID="", Description="", State=S.Commissioned, AssociatedPoolID="",
+                         SerialNumbers=("nope",), LabelCollection=())
+    try:
+        settings = client_settings(tmp_path, [server], server.endpoint, timeout_s=5.0)
+        refused = OpenScsClient(settings)
+        with pytest.raises((UpstreamError, TransportError), match=r"[Uu]ntrusted"):
+            await refused.connect()
+        await refused.close()
+        (trusted / "gateway.pem").write_bytes(settings.certificate_file.read_bytes())
+        for cert, key, ok in ((user_cert, user_key, True), (other_cert, other_key, False)):
+            client = OpenScsClient(replace(settings, username=None, password_file=None,
+                                           user_certificate_file=cert,
+                                           user_private_key_file=key))
+            try:
+                if ok:
+                    await client.connect()
+                    # a real call as that user: refused by the state model, not by security
+                    result = await client.sid_commissioning_event(lc, context=())
+                    assert "BadInvalidState" in result.verdict.reason, result.verdict
+                else:
+                    with pytest.raises((UpstreamError, TransportError), match="AccessDenied"):
+                        await client.connect()
+            finally:
+                await client.close()
+        password_user = OpenScsClient(settings)
+        await password_user.connect()  # trusted now: user/password works too
+        await password_user.close()
+    finally:
+        await server.stop()

@@ -19,6 +19,13 @@ def _user(text: str) -> tuple[str, str]:
     return name, password
 
 
+def _x509_user(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--x509-user wants NAME=CERTFILE, got {text!r}")
+    return name, Path(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tools.openscs_server", description=__doc__)
     p.add_argument("--port", type=int, default=4841)
@@ -50,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--namespace-uri", default=nodeids.NS_URI_NODESET, choices=list(nodeids.NAMESPACE_URIS)
     )
+    p.add_argument("--trusted-clients", type=Path,
+                   help="directory of trusted client certificates (default: accept any)")
+    p.add_argument("--x509-user", type=_x509_user, action="append", default=[],
+                   help="NAME=CERTFILE: an X.509 user identity (repeatable)")
     p.add_argument("--max-events", type=int, default=Limits.MaxEvents)
     p.add_argument("--max-sn-requestable", type=int, default=Limits.MaxSNRequestable)
     p.add_argument("--demo", action="store_true", help="simple mode: None + anonymous + demo/demo")
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             viewers=args.viewer,
             namespace_uri=args.namespace_uri,
             limits=Limits(MaxEvents=args.max_events, MaxSNRequestable=args.max_sn_requestable),
+            trusted_clients=args.trusted_clients,
+            x509_users=dict(args.x509_user),
         )
     try:
         asyncio.run(server.serve())

@@ -13,16 +13,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_session import InternalSession
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters.openscs import nodeids as N
@@ -63,12 +67,26 @@ CHARSET_82 = "!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghi
 _ANONYMOUS = User(role=UserRole.Anonymous)
 
 
-class _UserManager:
-    """username/password users; anonymous only when explicitly allowed."""
+def _fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
 
-    def __init__(self, users: Mapping[str, str], allow_anonymous: bool) -> None:
+
+def _der_of(path: Path) -> bytes:
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+    return data
+
+
+class _UserManager:
+    """username/password users, X.509 user identities (certificate -> user name), anonymous
+    only when explicitly allowed."""
+
+    def __init__(self, users: Mapping[str, str], allow_anonymous: bool,
+                 x509_users: Mapping[str, str] | None = None) -> None:
         self.users = dict(users)
         self.allow_anonymous = allow_anonymous
+        self.x509_users = dict(x509_users or {})  # certificate fingerprint -> user name
 
     def get_user(
         self,
@@ -77,12 +95,44 @@ class _UserManager:
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
-        if username is None:  # anonymous (X509 user tokens are not offered)
-            return User(role=UserRole.User, name=None) if self.allow_anonymous else None
-        if username is not None and self.users.get(username) == password:
+        # ``certificate``: the X509 identity token's certificate (its signature already
+        # verified by asyncua), else the secure channel's peer certificate
+        if username is None and isinstance(certificate, bytes) and certificate:
+            name = self.x509_users.get(_fingerprint(certificate))
+            if name is not None:
+                return User(role=UserRole.User, name=name)
+        if username is None:
+            if self.allow_anonymous:
+                return User(role=UserRole.User, name=None)
+            log.warning("session refused: anonymous or an unknown X.509 user certificate")
+            return None
+        if self.users.get(username) == password:
             return User(role=UserRole.User, name=username)
         log.warning("login refused for user %r", username)
         return None
+
+
+def _client_trust(directory: Path) -> Callable[[x509.Certificate, Any], Awaitable[None]]:
+    """A certificate validator: only client application certificates found in ``directory``
+    (PEM or DER, re-read on every session) may open a secured session."""
+
+    def trusted() -> set[str]:
+        out = set()
+        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+            try:
+                out.add(_fingerprint(_der_of(path)))
+            except (OSError, ValueError) as exc:
+                log.warning("trusted client %s is not a certificate: %s", path, exc)
+        return out
+
+    async def validate(cert: x509.Certificate, description: Any) -> None:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if _fingerprint(der) not in await asyncio.to_thread(trusted):
+            uri = getattr(description, "ApplicationUri", "?")
+            log.warning("refused client %s: certificate not in %s", uri, directory)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    return validate
 
 
 class _Session(InternalSession):
@@ -112,6 +162,8 @@ class ReferenceServer:
         namespace_uri: str = N.NS_URI_NODESET,
         pools: Sequence[PoolConfig] = DEFAULT_POOLS,
         limits: Limits | None = None,
+        trusted_clients: Path | str | None = None,
+        x509_users: Mapping[str, Path | str] | None = None,
     ) -> None:
         unknown = [s for s in security if s not in POLICIES]
         if unknown:
@@ -130,6 +182,9 @@ class ReferenceServer:
         self.namespace_uri = namespace_uri
         self.pools = tuple(pools)
         self.limits = limits or Limits()
+        # None: any client application certificate is accepted (asyncua's default)
+        self.trusted_clients = Path(trusted_clients) if trusted_clients else None
+        self.x509_users = {name: Path(p) for name, p in (x509_users or {}).items()}
         self.ready = asyncio.Event()
         self.store: Store | None = None
         self.engine: Engine | None = None
@@ -169,7 +224,8 @@ class ReferenceServer:
         self.store = Store(self.db_path)
         self.engine = Engine(self.store, self.pools, self.limits)
         self.engine.switches.viewers = self.viewers
-        server = Server(user_manager=_UserManager(self.users, self.allow_anonymous))
+        x509_users = {_fingerprint(_der_of(p)): name for name, p in self.x509_users.items()}
+        server = Server(user_manager=_UserManager(self.users, self.allow_anonymous, x509_users))
         await server.init()
         server.iserver.create_session = self._create_session(server)  # type: ignore[method-assign]
         server.set_endpoint(self.endpoint)
@@ -182,7 +238,11 @@ class ReferenceServer:
         tokens: list[type] = [ua.UserNameIdentityToken]
         if self.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)
+        if x509_users:
+            tokens.append(ua.X509IdentityToken)
         server.set_identity_tokens(tokens)
+        if self.trusted_clients is not None:
+            server.set_certificate_validator(_client_trust(self.trusted_clients))
         self.cert_dir.mkdir(parents=True, exist_ok=True)
         await setup_self_signed_certificate(
             self.key_path,
