@@ -92,3 +92,13 @@ async def test_thin_slice_fields_arrive_upstream_exactly_once(tmp_path: Path):
     backup = root / "public" / "result" / "bkup" / f"{DEMO_ORDER.Ordnr}.jsonl"
     lines = [json.loads(line) for line in backup.read_text().splitlines()]
     assert [line["kind"] for line in lines] == ["Order", "StepResult", "StepResult"]
+
+
+def test_demo_reports_failure_when_nothing_arrived_upstream(tmp_path: Path, capsys):
+    from gateway.demo import _report_upstream
+    from tools.openscs_server.server import ReferenceServer
+
+    empty = ReferenceServer(db_path=tmp_path / "never-started.sqlite")  # no event recorded
+    assert _report_upstream(empty, tmp_path, ["100000"]) == 1
+    out = capsys.readouterr().out
+    assert "no event arrived upstream" in out and "FAILED" in out

@@ -294,3 +294,15 @@ async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(
     assert (await states())[again.serials[0]] == (RETURNING, second.Ordnr)
     assert (await outbox.get_state()).get("order") is None
     await outbox.close()
+
+
+async def test_init_clears_order_and_user_and_data_then_has_no_order(env):
+    _, outbox, board, station = env
+    assert await station.handle(Login("alice"), origin(1)) == Ack()
+    assert await station.handle(LoadOrder(ORDER), origin(2)) == Ack()
+    assert await station.handle(Init(), origin(3)) == Ack()
+    assert (station.user, station.order, board.user, board.script) == ("", None, "", "")
+    assert await outbox.get_state() == {}
+    data = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789")
+    reply = await station.handle(data, origin(4))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.NO_ORDER

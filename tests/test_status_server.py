@@ -225,3 +225,13 @@ def test_seed_example_settings_load_and_check(tmp_path) -> None:
     assert check_warnings(bad) == ["opcua_server.fields: unknown field 'usr' (known: "
                                    + ", ".join(fields.ALL_FIELDS)
                                    + ") (the status server will not start)"]
+
+
+def test_the_role_picks_the_seed_port(tmp_path) -> None:
+    """prism listens on listen_port_prism (4840), lente on listen_port_lente (4841)."""
+    from gateway.settings import OpcuaServerSettings, Settings, StationSettings
+
+    for role, port in (("prism", 4840), ("lente", 4841)):
+        settings = Settings(root=tmp_path, station=StationSettings(name="s", role=role),
+                            opcua_server=OpcuaServerSettings(enable=True))
+        assert StatusServer(settings, StatusBoard(), lambda: None).port == port
