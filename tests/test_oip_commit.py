@@ -183,3 +183,49 @@ async def test_soap_order_is_committed_before_its_ack(tmp_path):
     assert status2 == 200 and reply_of(body2)[0]
     assert rows(db, "SELECT COUNT(*) FROM messages WHERE kind='Order'") == [(1,)]
     assert board.script == "ZI355937"
+
+
+async def test_a_full_store_is_a_nak_on_the_wire_and_keeps_what_it_had(tmp_path):
+    """A real outbox at store.max_bytes, over a real OIP TCP connection: new work gets NAK 5
+    with the reason, a retransmission of accepted work is still ACKed, nothing is lost."""
+    from adapters.oip.pattern import match_pattern
+    from adapters.oip.tcp import OipTcpServer
+    from gateway.board import StatusBoard
+    from gateway.outbox import Outbox
+    from gateway.settings import OipSettings, OipTcpSettings, Settings, StoreSettings
+    from gateway.station import Station
+
+    db = tmp_path / "outbox.sqlite"
+    settings = Settings(store=StoreSettings(path=db, max_bytes=65536),
+                        oip=OipSettings(tcp=OipTcpSettings(listen_port=0)))
+    outbox = await Outbox.open(settings.store)
+    board = StatusBoard()
+    station = Station(settings, outbox, board, pattern_check=match_pattern)
+    await station.load()
+    server = OipTcpServer(settings.oip, station, board)
+    task = asyncio.create_task(server.serve())
+    await server.ready.wait()
+    try:
+        pac = await TcpPac.connect("127.0.0.1", server.port)
+        acked, refused, tsn = [], None, 0
+        while refused is None and tsn < 2000:
+            tsn += 1
+            order = replace(SEED_ORDER, Ordnr=f"Z{tsn:07d}", VIN="V" * 17)
+            reply = await pac.request(LoadOrder(order), tsn)
+            if reply.ack:
+                acked.append(tsn)
+            else:
+                refused = reply
+        assert refused is not None and refused.code == 5, refused
+        assert "store.max_bytes" in refused.text
+        first = replace(SEED_ORDER, Ordnr=f"Z{1:07d}", VIN="V" * 17)
+        again = await pac.request(LoadOrder(first), 1)  # accepted before: still answered
+        assert again.ack
+        await pac.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
+    orders = rows(db, "SELECT json_extract(body, '$.tsn') FROM messages WHERE kind='Order' "
+                      "ORDER BY id")
+    assert [r[0] for r in orders] == acked and len(acked) > 10
