@@ -12,13 +12,16 @@ What each command does:
 - ORDER replaces the current order (closing the previous one, which returns its unused serial
   numbers upstream) and is written to the result backup stream (audit trail).
 - DATA reports a step result. On a validate-serial step (handler 3) an OK value must match the
-  step's ``c`` pattern and becomes a SIDCommissioningEvent; a NOK becomes a
-  LabelsScrappingEvent. Every result is also written to the result backup stream.
+  step's ``c`` pattern and becomes a SIDCommissioningEvent; a NOK whose value is a serial
+  number of that pattern becomes a LabelsScrappingEvent (reported encoded first when it was
+  printed from the reserve); a NOK with anything else is recorded without an event. Every
+  result is also written to the result backup stream.
 - PRINT hands out serial numbers from the local reserve inside the same transaction that records
   the reply, so a retransmitted PRINT gets the same numbers and never consumes new ones.
+- ``close_order()`` (the status server's method) closes the order explicitly.
 
-Retransmissions are recognised by (peer identity, tsn, payload hash) where the identity is the
-logged-in user or, before a LOGIN, the peer address; the outbox keeps that window durably.
+Retransmissions are recognised by (peer address, tsn, payload hash); the outbox keeps that
+window durably, per peer.
 """
 
 from __future__ import annotations
