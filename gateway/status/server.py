@@ -226,11 +226,7 @@ class StatusServer:
             return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
         log.warning("status server: close_order requested by %s (order %r)",
                     sec.describe(sec.current_caller.get()), self.board.script)
-        try:
-            closed = await self._close_order_cb()
-        except Exception:
-            log.exception("status server: close_order failed")
-            return ua.StatusCode(ua.StatusCodes.BadInternalError)
+        closed = await self._close_order_cb()  # a failure is logged and answered by asyncua
         await self._publish({"cmd": self.board.cmd, "script": self.board.script})
         return [ua.Variant(closed, ua.VariantType.String)]
 
