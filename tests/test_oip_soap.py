@@ -28,7 +28,7 @@ from gateway.model import (
 )
 from gateway.settings import OipSettings, OipSoapSettings, TlsSettings
 from tests.test_oip_codec import seed_soap_order, seed_tcp_order, seed_text
-from tests.test_oip_tcp import RecordingStation, client_ctx, make_cert
+from tests.test_oip_tcp import RecordingStation, client_ctx, make_cert, running
 from tools.pacsim import SEED_ORDER, SoapPac, run_stream, seed_commands
 
 HOST = "127.0.0.1"
@@ -39,14 +39,8 @@ async def soap_server(station: RecordingStation | None = None, board: StatusBoar
                       **soap: object) -> AsyncIterator[OipSoapServer]:
     settings = OipSettings(soap=OipSoapSettings(listen_port=0, **soap))  # type: ignore[arg-type]
     server = OipSoapServer(settings, station or RecordingStation(), board or StatusBoard())
-    task = asyncio.create_task(server.serve())
-    await asyncio.wait_for(server.ready.wait(), 10)
-    try:
+    async with running(server):  # type: ignore[arg-type]
         yield server
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def url(server: OipSoapServer, scheme: str = "http") -> str:

@@ -464,42 +464,21 @@ async def _type_props(
             ua.NodeId(UINT32),
             rule=MANDATORY,
         )
-    await b.prop(
-        events,
-        b.nid(N.EventManager_MaxEvents),
-        "MaxEvents",
-        0,
-        u32,
-        ua.NodeId(UINT32),
-        rule=MANDATORY,
-    )
-    await b.prop(
-        events,
-        b.nid(N.EventManager_MaxEPCISObjectEventSIDs),
-        "MaxEPCISObjectEventSIDs",
-        0,
-        u32,
-        ua.NodeId(UINT32),
-        rule=MANDATORY,
-    )
-    await b.prop(
-        events,
-        b.nid(N.EventManager_MaxEPCISaggregationEvents),
-        "MaxEPCISaggregationEvents",
-        0,
-        u32,
-        ua.NodeId(UINT32),
-        rule=MANDATORY,
-    )
-    await b.prop(
-        agg,
-        b.nid(N.AggregationManager_MaxAggregationEvents),
-        "MaxAggregationEvents",
-        0,
-        u32,
-        ua.NodeId(UINT32),
-        rule=MANDATORY,
-    )
+    for owner, prefix, names in (
+        (events, "EventManager",
+         ("MaxEvents", "MaxEPCISObjectEventSIDs", "MaxEPCISaggregationEvents")),
+        (agg, "AggregationManager", ("MaxAggregationEvents",)),
+    ):
+        for name in names:
+            await b.prop(
+                owner,
+                b.nid(getattr(N, f"{prefix}_{name}")),
+                name,
+                0,
+                u32,
+                ua.NodeId(UINT32),
+                rule=MANDATORY,
+            )
     for name, rule in SID_PROPS.items():
         await b.prop(
             sid, b.nid(getattr(N, f"SIDClass_{name}")), name, "", s, ua.NodeId(STRING), rule=rule
