@@ -81,6 +81,7 @@ class Outbox:
         self._rexec = rexec
         self._wexec = wexec
         self._dedup_window = dedup_window
+        self._since_prune: dict[str, int] = {}  # writer thread only: inserts since last prune
         self._clock = clock
         self._events: dict[str, asyncio.Event] = {}
         self.streams_changed = asyncio.Event()
@@ -236,6 +237,7 @@ class Outbox:
         msgs = list(messages)
         writer = self._writer
         window = self._dedup_window
+        stride = max(1, window // 16)
         now = self._clock()
 
         def job(conn: sqlite3.Connection) -> SubmitResult:
@@ -270,9 +272,16 @@ class Outbox:
                 conn.execute("INSERT INTO dedup (peer, tsn, payload_hash, reply) "
                              "VALUES (?, ?, ?, ?)", (peer, dedup.tsn, dedup.payload_hash,
                                                      the_reply))
-                conn.execute("DELETE FROM dedup WHERE peer=? AND seq <= (SELECT seq FROM dedup "
-                             "WHERE peer=? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                             (peer, peer, window))
+                # Pruning scans the peer's whole window (OFFSET), so it runs once per
+                # ``stride`` inserts of that peer, not on every one: a peer's window holds
+                # between ``window`` and ``window + stride - 1`` entries.
+                since = self._since_prune.get(peer, stride - 1) + 1  # new since open: now
+                if since >= stride:
+                    conn.execute("DELETE FROM dedup WHERE peer=? AND seq <= (SELECT seq FROM "
+                                 "dedup WHERE peer=? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                                 (peer, peer, window))
+                    since = 0
+                self._since_prune[peer] = since
             return SubmitResult("accepted", reply=the_reply, hook_result=hook_result,
                                 ids=tuple(ids))
 
@@ -301,7 +310,11 @@ class Outbox:
         return dict(rows)
 
     async def clear_dedup(self, peer: str) -> None:
-        await self._writer.run(lambda c: c.execute("DELETE FROM dedup WHERE peer=?", (peer,)))
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dedup WHERE peer=?", (peer,))
+            self._since_prune.pop(peer, None)
+
+        await self._writer.run(job)
 
     # ------------------------------------------------------------------ delivery side
 

@@ -110,6 +110,31 @@ async def test_dedup_window_keeps_newest_per_peer(outbox: Outbox) -> None:
     assert (await outbox.submit(dedup=origin(7, "new"))).status == "accepted"
 
 
+async def test_dedup_window_is_pruned_in_strides_and_stays_bounded(tmp_path: Path) -> None:
+    """A window of 64 is pruned every 4 inserts of a peer (64 // 16): each peer keeps the
+    newest 64 at least and never more than 67, also across a reopen; peers do not share."""
+    path = tmp_path / "o.sqlite"
+
+    def sizes() -> dict[str, int]:
+        with sqlite3.connect(path) as conn:
+            return dict(conn.execute("SELECT peer, COUNT(*) FROM dedup GROUP BY peer"))
+
+    seen: list[int] = []
+    tsn = 0
+    for _reopen in range(2):
+        ob = await Outbox.open(StoreSettings(path=path), dedup_window=64)
+        for _ in range(150):
+            tsn += 1
+            await ob.submit(dedup=origin(tsn))
+            await ob.submit(dedup=origin(tsn, peer="10.0.0.8"))
+            if tsn > 64:
+                seen.extend(sizes().values())
+        assert (await ob.submit(dedup=origin(tsn - 63))).status == "duplicate"
+        assert (await ob.submit(dedup=origin(tsn - 63, "other"))).status == "conflict"
+        await ob.close()
+    assert min(seen) == 64 and max(seen) == 67, (min(seen), max(seen))
+
+
 async def test_failing_hook_rolls_back_only_its_own_submit(outbox: Outbox) -> None:
     def make_table(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS reserve (serial TEXT PRIMARY KEY)")
