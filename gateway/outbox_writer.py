@@ -5,8 +5,10 @@ connection in the writer's own thread (sqlite3 is blocking; one thread owns the 
 Jobs that arrive while a commit is in progress, or while other ready writers are still
 enqueuing (at most ``group_commit_window_ms``, and only when the last group had company: a
 lone writer commits at once), are run in ONE transaction with ONE commit (one fsync at
-synchronous=FULL): each job inside its own SAVEPOINT, so a job that raises is rolled back
-alone and its exception goes to its caller only, while the others commit.
+synchronous=FULL). A job that raises is rolled back alone and its exception goes to its
+caller only, while the others commit: the group is first run without savepoints and, when a
+job raises, rolled back and run again with each job inside its own SAVEPOINT. Jobs must
+therefore be re-runnable (plain functions of the connection).
 
 SQLITE_FULL (the disk filled up) may roll back the whole transaction by itself (SQLite
 documents that it "might or might not" do so): the writer then re-runs the other jobs of the
@@ -179,7 +181,12 @@ class GroupCommitWriter:
         self.batches += 1
         outcomes: dict[int, tuple[bool, object]] = {}
         remaining = list(range(len(batch)))
-        for _attempt in range(len(batch) + 1):  # each retry removes at least one job
+        # Optimistic first round: jobs run without savepoints (two statements fewer each). A
+        # job that raises rolls the whole transaction back and the round is run again with a
+        # savepoint around each job, so only that job fails. Jobs are re-runnable by contract
+        # (the SQLITE_FULL and failed-COMMIT paths below re-run them too).
+        guarded = refused = False
+        for _attempt in range(len(batch) + 2):  # each retry removes a job or sets guarded
             if any(batch[i].adds_messages for i in remaining):
                 self.full_reason = self._capacity()
             results: dict[int, tuple[bool, object]] = {}
@@ -190,16 +197,25 @@ class GroupCommitWriter:
                 conn.execute(f"PRAGMA synchronous = {level}")
                 self._current_sync = level
             conn.execute("BEGIN IMMEDIATE")
-            lost_tx = False
+            lost_tx = again = False
             for i in remaining:
-                ok, value = self._run_one(batch[i].fn)
+                ok, value = self._run_one(batch[i].fn, savepoint=guarded)
                 if not conn.in_transaction:  # SQLite rolled the whole transaction back
                     outcomes[i] = (False, value)
                     remaining.remove(i)
                     lost_tx = True
                     break
+                if not ok and not guarded:
+                    conn.execute("ROLLBACK")  # its partial writes go with the others'
+                    if len(remaining) == 1:
+                        outcomes[i] = (False, value)
+                        remaining = []
+                    guarded = again = True
+                    break
                 results[i] = (ok, value)
-            if lost_tx:
+            if lost_tx or again:
+                if not remaining:
+                    break
                 continue
             try:
                 conn.execute("COMMIT")
@@ -208,7 +224,8 @@ class GroupCommitWriter:
                     conn.execute("ROLLBACK")
                 mapped = map_error(exc, self._where)
                 adders = [i for i in remaining if batch[i].adds_messages and results[i][0]]
-                if isinstance(mapped, StoreFull) and adders and _attempt == 0:
+                if isinstance(mapped, StoreFull) and adders and not refused:
+                    refused = True
                     log.warning("outbox commit failed (%s); refusing %d message submit(s), "
                                 "retrying the rest", exc, len(adders))
                     for i in adders:
@@ -223,15 +240,17 @@ class GroupCommitWriter:
             break
         return [outcomes[i] for i in range(len(batch))]
 
-    def _run_one(self, fn: Job) -> tuple[bool, object]:
+    def _run_one(self, fn: Job, *, savepoint: bool) -> tuple[bool, object]:
         conn = self._conn
-        conn.execute("SAVEPOINT job")
+        if savepoint:
+            conn.execute("SAVEPOINT job")
         try:
             value = fn(conn)
         except Exception as exc:  # not swallowed: handed to that job's caller
-            if conn.in_transaction:
+            if savepoint and conn.in_transaction:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
             return False, map_error(exc, self._where)
-        conn.execute("RELEASE job")
+        if savepoint:
+            conn.execute("RELEASE job")
         return True, value

@@ -163,6 +163,13 @@ async def test_failing_hook_rolls_back_only_its_own_submit(outbox: Outbox) -> No
     again = await outbox.submit([msg(2)], dedup=origin(2), hook=take("S2", False))
     assert again.status == "accepted"
     assert (await outbox.submit(dedup=origin(1))).reply == '["S1"]'  # stored hook reply
+    # a lone submit runs without a savepoint: its failure rolls back what its hook wrote
+    with pytest.raises(ValueError, match="S4"):
+        await outbox.submit([msg(4)], dedup=origin(4), state={"x": "4"}, hook=take("S4", True))
+    rows = await outbox._read(lambda c: c.execute("SELECT serial FROM reserve").fetchall())
+    assert sorted(r[0] for r in rows) == ["S1", "S2", "S3"]
+    assert await outbox.get_state() == {}
+    assert (await outbox.submit(dedup=origin(4))).status == "accepted"
 
 
 async def test_state_table(outbox: Outbox) -> None:
