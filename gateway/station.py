@@ -27,6 +27,7 @@ window durably, per peer.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sqlite3
@@ -141,6 +142,8 @@ class Station:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._key_prefix = f"{settings.station.name}:{uuid.uuid4().hex[:20]}-"
+        self._key_counter = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,7 +244,9 @@ class Station:
         return origin.peer
 
     def _key(self) -> str:
-        return f"{self._settings.station.name}:{uuid.uuid4().hex}"
+        """A new idempotency key: 80 random bits drawn once per start plus a counter, unique
+        across restarts (a uuid4 per message cost a getrandom() system call on every frame)."""
+        return f"{self._key_prefix}{next(self._key_counter)}"
 
     async def _dispatch(self, command: Command, origin: Origin) -> Reply:
         match command:

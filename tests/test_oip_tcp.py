@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from adapters.oip.codec import encode_command
+from adapters.oip.records import MAX_PRINT_COUNT
 from adapters.oip.tcp import OipTcpServer
 from gateway.board import StatusBoard
 from gateway.errors import StoreFull
@@ -271,6 +273,41 @@ async def test_slow_sender_does_not_hold_up_another_peer():
         await fast.close()
     assert reply.ack and reply.tsn == 12345
     assert station.commands()[-1] == LoadOrder(SEED_ORDER)
+
+
+async def test_peer_that_never_reads_its_replies_is_dropped():
+    """A peer floods PRINTs and never reads the replies: once the server's send buffer stays full
+    for oip.tcp.idle_timeout_s it drops that peer; another peer is served all along."""
+    async with tcp_server(idle_timeout_s=0.5) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (HOST, server.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        other = await pac(server)
+        # PRINT replies are ~100x the request: the server's buffers fill after a few MB
+        burst = b"".join(encode_command(PrintRequest("A1", "GTIN", MAX_PRINT_COUNT), tsn)
+                         for tsn in range(1, 201))
+
+        async def flood() -> BaseException | None:
+            try:
+                for _ in range(2000):  # at most 400,000 PRINTs; the server gives up far sooner
+                    writer.write(burst)
+                    await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                return exc
+            return None
+
+        task = asyncio.create_task(flood())
+        assert (await other.request(Ping(), 1)).ack
+        ended = await asyncio.wait_for(task, 60)
+        assert isinstance(ended, ConnectionError | OSError), "the flooding peer was never dropped"
+        await other.close()
+        after = await pac(server)  # (the other one idled out meanwhile: idle_timeout_s 0.5)
+        assert (await after.request(Ping(), 2)).ack
+        assert server.connections == 1
+        writer.close()
+        await after.close()
 
 
 async def test_oversized_packet_refused_and_the_peer_goes_on():

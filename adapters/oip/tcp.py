@@ -104,9 +104,13 @@ class OipTcpServer:
         finally:
             self._active.discard(task)
             self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            if writer.transport.get_write_buffer_size():
+                # replies the peer never read: close() would wait for them to be sent
+                writer.transport.abort()
+            else:
+                writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 5.0)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        host: str) -> None:
@@ -138,8 +142,9 @@ class OipTcpServer:
                 else:
                     break
                 writer.write(reply)
-            async with asyncio.timeout(timeout):  # a peer not reading its replies
-                await writer.drain()
+            if writer.transport.get_write_buffer_size():  # not all sent: maybe a peer not
+                async with asyncio.timeout(timeout):     # reading its replies
+                    await writer.drain()
 
     async def _handle(self, packet: Packet, host: str) -> bytes:
         self.board.incr("oip_frames_in")
