@@ -28,7 +28,13 @@ from gateway.model import (
 )
 from gateway.settings import OipSettings, OipSoapSettings, TlsSettings
 from tests.test_oip_codec import seed_soap_order, seed_tcp_order, seed_text
-from tests.test_oip_tcp import RecordingStation, client_ctx, make_cert, running
+from tests.test_oip_tcp import (
+    FailingStation,
+    RecordingStation,
+    client_ctx,
+    make_cert,
+    running,
+)
 from tools.pacsim import SEED_ORDER, SoapPac, run_stream, seed_commands
 
 HOST = "127.0.0.1"
@@ -189,6 +195,49 @@ async def test_soap_commands_obey_the_tcp_field_rules_and_limits():
     assert replies[1][:3] == (False, 3, 12345) and "instr[1]/iname: 300 bytes" in replies[1][3]
     assert replies[2][:3] == (False, 3, 12345) and "oip.max_records" in replies[2][3]
     assert station.calls == []
+
+
+ENV = (f'<s:Envelope xmlns:s="{xmlcodec.SOAP_ENV}"><s:Body>{{}}</s:Body></s:Envelope>')
+
+
+async def test_numbers_too_long_for_int_are_a_nak_naming_the_element():
+    """5000 digits (past Python's int() digit limit) are NAK 1 naming the element, not a 500."""
+    station = RecordingStation()
+    huge = "1" * 5000
+    async with soap_server(station) as server:
+        tsn = await post(server, ENV.format(
+            f"<OIPHEAD><cmd>PING</cmd><code>0</code><tsn>{huge}</tsn></OIPHEAD>").encode())
+        gord = await post(server, ENV.format(
+            "<OIPHEAD><cmd>DATA</cmd><code>0</code><tsn>3</tsn></OIPHEAD><ADATA><Ordnr>X</Ordnr>"
+            f"<group>G</group><gord>{huge}</gord><iord>1</iord><step>1</step>"
+            "<result>OK</result><value>v</value></ADATA>").encode())
+    assert tsn[0] == 200 and reply_of(tsn[1])[:3] == (False, 1, 0)
+    assert "OIPHEAD/tsn" in reply_of(tsn[1])[3]
+    assert gord[0] == 200 and reply_of(gord[1])[:3] == (False, 1, 3)
+    assert "ADATA/gord" in reply_of(gord[1])[3]
+    assert station.calls == []
+
+
+async def test_an_unexpected_failure_is_nak_99(monkeypatch):
+    """A bug in the station is an OIPREPLY NAK 99; a bug while reading the request (simulated
+    by breaking check_limits) a soap:Server Fault carrying NAK 99. The server goes on."""
+    station = FailingStation()
+    async with soap_server(station) as server:
+        in_station = await post(server, xmlcodec.encode_request(Login("boom"), 5))
+
+        def broken(command: object, limits: object) -> object:
+            raise ValueError("a bug")
+
+        monkeypatch.setattr(xmlcodec, "check_limits", broken)
+        in_decode = await post(server, xmlcodec.encode_request(Login("alice"), 6))
+        monkeypatch.undo()
+        after = await post(server, xmlcodec.encode_request(Ping(), 7))
+    assert in_station[0] == 200 and reply_of(in_station[1])[:3] == (False, 99, 5)
+    assert "KeyError" in reply_of(in_station[1])[3]
+    assert in_decode[0] == 500 and reply_of(in_decode[1])[:2] == (False, 99)
+    fault = etree.fromstring(in_decode[1]).find(f".//{{{xmlcodec.SOAP_ENV}}}Fault")
+    assert fault is not None and fault.findtext("faultcode") == "soap:Server"
+    assert after[0] == 200 and reply_of(after[1])[:3] == (True, 0, 7)
 
 
 HOSTILE = {

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from adapters.oip.codec import encode_command
+from adapters.oip.codec import build_packet, encode_command
 from adapters.oip.records import MAX_PRINT_COUNT
 from adapters.oip.tcp import OipTcpServer
 from gateway.board import StatusBoard
@@ -85,7 +85,7 @@ class RecordingStation:
 
 
 def oip_settings(**tcp: object) -> OipSettings:
-    limits = {k: tcp.pop(k) for k in ("max_packet_bytes",) if k in tcp}
+    limits = {k: tcp.pop(k) for k in ("max_packet_bytes", "max_field_bytes") if k in tcp}
     return OipSettings(tcp=OipTcpSettings(listen_port=0, **tcp), **limits)  # type: ignore[arg-type]
 
 
@@ -157,6 +157,51 @@ async def test_nak_and_the_connection_survives():
     assert good.ack and good.tsn == 79
     assert station.commands() == [Ping()]  # refused packets never reach the station
     assert board.counters["oip_naks"] == 2
+
+
+@pytest.mark.parametrize("max_field_bytes", [256, 8192])
+async def test_numbers_too_long_for_int_are_a_nak_and_the_connection_goes_on(max_field_bytes):
+    """5000-digit tsn/length/gord (past Python's int() digit limit): each packet is NAKed
+    naming the record and field, the packets after it in the same read are still answered."""
+    station = RecordingStation()
+    async with tcp_server(station, max_field_bytes=max_field_bytes) as server:
+        p = await pac(server)
+        huge = b"1" * 5000
+        await p.send_raw(b"\x02PING,0," + huge + b",10\x03"
+                         + b"\x02LOGIN,0,1," + huge + b";bob\x03"
+                         + build_packet("DATA", 0, 3, ["O1", f"G1,{huge.decode()},10,2,OK,x"])
+                         + encode_command(Ping(), 4))
+        replies = [await p.reply() for _ in range(4)]
+        await p.close()
+    tsn_nak, length_nak, gord_nak, ping = replies
+    assert not tsn_nak.ack and not length_nak.ack and not gord_nak.ack
+    assert "record 1" in tsn_nak.text and "field 3" in tsn_nak.text
+    assert "record 1" in length_nak.text and "field 4" in length_nak.text
+    assert gord_nak.tsn == 3 and "record 3" in gord_nak.text and "field 2" in gord_nak.text
+    assert ping.ack and ping.tsn == 4
+    assert station.commands() == [Ping()]
+
+
+class FailingStation(RecordingStation):
+    """A station with a bug: LOGIN "boom" raises something nobody expects."""
+
+    async def handle(self, command: Command, origin: Origin) -> Reply:
+        if isinstance(command, Login) and command.user == "boom":
+            raise KeyError("a bug")
+        return await super().handle(command, origin)
+
+
+async def test_an_unexpected_failure_is_nak_99_and_the_connection_goes_on():
+    station, board = FailingStation(), StatusBoard()
+    async with tcp_server(station, board) as server:
+        p = await pac(server)
+        await p.send_raw(encode_command(Login("boom"), 1) + encode_command(Ping(), 2))
+        failed, ping = await p.reply(), await p.reply()
+        await p.close()
+    assert (failed.ack, failed.code, failed.tsn) == (False, 99, 1)
+    assert "KeyError" in failed.text
+    assert ping.ack and ping.tsn == 2
+    assert board.counters["oip_naks"] == 1
 
 
 async def test_garbage_is_skipped_and_counted():

@@ -27,7 +27,8 @@ def limits_of(settings: OipSettings) -> Limits:
 
 
 async def call_station(station: StationLike, command: Command, origin: Origin) -> Reply:
-    """station.handle, with the errors the core may raise on purpose turned into a NAK."""
+    """station.handle, with the errors the core may raise on purpose turned into a NAK, and any
+    other exception into NAK 99 (logged with its traceback)."""
     try:
         return await station.handle(command, origin)
     except StoreFull as exc:
@@ -36,6 +37,15 @@ async def call_station(station: StationLike, command: Command, origin: Origin) -
         log.error("station failed on %s from %s tsn %s: %s", type(command).__name__,
                   origin.peer, origin.tsn, exc)
         return Nak(Refusal.INTERNAL, f"internal error: {exc}")
+    except Exception as exc:  # a bug: this packet is refused, the transport goes on
+        log.exception("station failed on %s from %s tsn %s", type(command).__name__,
+                      origin.peer, origin.tsn)
+        return Nak(Refusal.INTERNAL, internal_text(exc))
+
+
+def internal_text(exc: BaseException) -> str:
+    """The NAK 99 text for an unexpected failure (the traceback goes to the log)."""
+    return f"internal error: {type(exc).__name__}: {exc}; see the gateway log"
 
 
 class PeerFilter:

@@ -61,11 +61,32 @@ def malformed(detail: str) -> OipError:
     return OipError(Refusal.MALFORMED, detail)
 
 
+# Python's int() refuses strings of more than 4300 digits (ValueError, not an OipError) and
+# costs quadratic time below that: a field is only handed to int() once its significant digits
+# are few enough for any bound used here (all within sInt32, 10 digits).
+_MAX_SIGNIFICANT_DIGITS = 18
+
+
+def _digits(body: str) -> bool:
+    """``body`` is ASCII digits short enough for int(); leading zeros do not count."""
+    if not body.isascii() or not body.isdigit():
+        return False
+    return len(body) <= _MAX_SIGNIFICANT_DIGITS or \
+        len(body.lstrip("0")) <= _MAX_SIGNIFICANT_DIGITS
+
+
+def _show(text: str) -> str:
+    """``text`` for a refusal: at most 40 characters of it."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def parse_int(text: str, where: str, bounds: tuple[int, int] = INT32) -> int:
     """A decimal integer (optional sign, no blanks) within ``bounds``."""
     body = text[1:] if text[:1] in "+-" else text
     if not body.isascii() or not body.isdigit():
-        raise malformed(f"{where}: {text!r} is not an integer")
+        raise malformed(f"{where}: {_show(text)} is not an integer")
+    if not _digits(body):
+        raise malformed(f"{where}: {_show(text)} is outside {bounds[0]}..{bounds[1]}")
     value = int(text)
     if not bounds[0] <= value <= bounds[1]:
         raise malformed(f"{where}: {value} is outside {bounds[0]}..{bounds[1]}")
@@ -74,7 +95,7 @@ def parse_int(text: str, where: str, bounds: tuple[int, int] = INT32) -> int:
 
 def _is_int(text: str, bounds: tuple[int, int] = INT32) -> bool:
     body = text[1:] if text[:1] in "+-" else text
-    return body.isascii() and body.isdigit() and bounds[0] <= int(text) <= bounds[1]
+    return _digits(body) and bounds[0] <= int(text) <= bounds[1]
 
 
 def check_text(value: str, where: str) -> str:

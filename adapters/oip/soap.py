@@ -3,7 +3,8 @@
 the TCP server calls it, so ACK (HTTP 200 OIPREPLY) means committed.
 
 Refusals: a readable request gets an OIPREPLY NAK (HTTP 200); an unreadable one (not XML,
-DTD/entities, no OIPHEAD) a SOAP Fault (HTTP 500), an oversized body a Fault with HTTP 413.
+DTD/entities, no OIPHEAD) a SOAP Fault soap:Client (HTTP 500), an oversized body a Fault with
+HTTP 413, and an unexpected failure (a bug) a Fault soap:Server carrying NAK 99 (HTTP 500).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import logging
 from aiohttp import web
 
 from adapters.oip import xmlcodec
-from adapters.oip.common import StationLike, call_station, limits_of, server_ssl_context
+from adapters.oip.common import (
+    StationLike,
+    call_station,
+    internal_text,
+    limits_of,
+    server_ssl_context,
+)
 from adapters.oip.records import OipError
 from gateway.board import StatusBoard
 from gateway.model import Nak, Origin, Refusal, Reply
@@ -104,6 +111,13 @@ class OipSoapServer:
             log.warning("OIP SOAP: %s body larger than %d bytes", peer, self.soap.max_body_bytes)
             return self._fault(0, Refusal.TOO_LARGE, f"body larger than "
                                f"{self.soap.max_body_bytes} bytes", status=413)
+        try:
+            return await self._request(body, peer)
+        except Exception as exc:  # a bug on this request: a soap:Server Fault carrying NAK 99
+            log.exception("OIP SOAP: %s request failed", peer)
+            return self._fault(0, Refusal.INTERNAL, internal_text(exc))
+
+    async def _request(self, body: bytes, peer: str) -> web.Response:
         try:
             header, command = xmlcodec.decode_envelope(xmlcodec.parse_xml(body))
             try:

@@ -20,6 +20,7 @@ from adapters.oip.common import (
     PeerFilter,
     StationLike,
     call_station,
+    internal_text,
     limits_of,
     server_ssl_context,
 )
@@ -127,14 +128,30 @@ class OipTcpServer:
             if not data:
                 log.info("OIP TCP: %s closed the connection", host)
                 return
-            decoder.receive_data(data)
+            try:
+                decoder.receive_data(data)
+            except Exception as exc:  # a codec bug: answer it, start framing afresh
+                log.exception("OIP TCP: %s: framing failed; %d byte(s) dropped", host,
+                              decoder.buffered + len(data))
+                writer.write(self._internal(0, exc))
+                decoder, garbage = Decoder(self.limits), 0
             if decoder.garbage_bytes != garbage:
                 self.board.incr("oip_garbage_bytes", decoder.garbage_bytes - garbage)
                 garbage = decoder.garbage_bytes
             while True:
-                event = decoder.next_event()
+                try:
+                    event = decoder.next_event()
+                except Exception as exc:  # a codec bug on one packet: NAK it, go on
+                    log.exception("OIP TCP: %s: decoding a packet failed", host)
+                    writer.write(self._internal(0, exc))
+                    continue
                 if isinstance(event, Packet):
-                    reply = await self._handle(event, host)
+                    try:
+                        reply = await self._handle(event, host)
+                    except Exception as exc:  # a bug on one packet: NAK it, keep the peer
+                        log.exception("OIP TCP: %s tsn %d %s failed", host, event.header.tsn,
+                                      event.header.cmd)
+                        reply = self._internal(event.header.tsn, exc)
                 elif isinstance(event, Refused):
                     log.warning("OIP TCP: %s tsn %d refused: %s", host, event.tsn, event.detail)
                     self.board.incr("oip_naks")
@@ -145,6 +162,11 @@ class OipTcpServer:
             if writer.transport.get_write_buffer_size():  # not all sent: maybe a peer not
                 async with asyncio.timeout(timeout):     # reading its replies
                     await writer.drain()
+
+    def _internal(self, tsn: int, exc: Exception) -> bytes:
+        """NAK 99 for an unexpected failure on one packet (already logged with traceback)."""
+        self.board.incr("oip_naks")
+        return encode_nak(tsn, Refusal.INTERNAL, internal_text(exc))
 
     async def _handle(self, packet: Packet, host: str) -> bytes:
         self.board.incr("oip_frames_in")

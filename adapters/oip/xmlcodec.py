@@ -314,7 +314,8 @@ def encode_reply(tsn: int, reply: Reply) -> bytes:
 def encode_fault(tsn: int, refusal: Refusal, text: str) -> bytes:
     env, body = _envelope()
     fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
-    _sub(fault, "faultcode", "soap:Client")
+    # the client's request is at fault, except for an internal error (a bug on our side)
+    _sub(fault, "faultcode", "soap:Server" if refusal is Refusal.INTERNAL else "soap:Client")
     _sub(fault, "faultstring", _safe(text))
     _sub(fault, "detail").append(reply_element(tsn, Nak(refusal, _safe(text))))
     return _tostring(env)
