@@ -21,6 +21,9 @@ UPSTREAM_STATE = "upstream_state"
 RESERVE_LEVEL = "reserve_level"
 RESERVE_ERROR = "reserve_error"
 CERT_EXPIRY = "cert_expiry"
+UPSTREAM_ERROR = "upstream_error"
+# Alarms: a non-empty string is the reason; published together in the ``alarms`` field.
+ALARM_KEYS = (STORE_FULL, OUTBOX_DEAD_ALARM, UPSTREAM_ERROR, RESERVE_ERROR)
 
 
 @dataclass

@@ -15,10 +15,14 @@ Rules (also in gateway/OUTBOX.md):
 - RETRY (or a transport failure / UpstreamError(permanent=False)) stops the stream at that
   message: it is retried after a capped exponential backoff with jitter
   (``retry_initial_s`` doubling up to ``retry_max_s``); the stream's later messages wait.
-- PERMANENT (the upstream says the data itself is invalid; an UpstreamError(permanent=True)
-  raised for a whole batch counts for its first message) dead-letters the message with the
-  reason, logs ERROR and raises the ``outbox_dead`` alarm on the status board; the stream
-  then CONTINUES with the next message.
+- PERMANENT (a per-message result: the upstream says the data itself is invalid)
+  dead-letters the message with the reason, logs ERROR and raises the ``outbox_dead`` alarm
+  on the status board; the stream then CONTINUES with the next message.
+- An UpstreamError(permanent=True) raised for the whole call is NOT about one message's data
+  (a password file with the wrong mode, a refused session, a missing manager object): the
+  stream stalls as for RETRY, with backoff and an ERROR log, and the reason shows on the
+  status board (``upstream_error``) until a call gets through. Dead-lettering would condemn
+  the whole backlog, one message per call, for a configuration fault.
   Rationale: a refused message will be refused again however long we wait, so blocking would
   stop the line's whole stream for one bad record. The order of what *is* delivered is kept;
   an operator can fix the cause and ``linegate outbox dead retry ID``, which re-queues the
@@ -81,6 +85,7 @@ class Delivery:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.delivered = 0
         self.dead = 0
+        self._call_error = False  # an UPSTREAM_ERROR is shown on the board
 
     async def serve(self) -> None:
         try:
@@ -163,10 +168,17 @@ class Delivery:
             return [], f"the upstream call was cancelled underneath us: {exc!r}"
         except UpstreamError as exc:
             if exc.permanent:
-                return [DeliveryResult(Outcome.PERMANENT, str(exc))], ""
+                log.error("delivery on %s: the upstream call failed for a reason that will not "
+                          "pass by itself: %s; the stream waits (nothing is dead-lettered)",
+                          stream, exc)
+                self._board.set_health(board_keys.UPSTREAM_ERROR, f"{stream}: {exc}")
+                self._call_error = True
             return [], str(exc)
         except (TransportError, OSError, TimeoutError) as exc:
             return [], f"{type(exc).__name__}: {exc}"
+        if self._call_error:
+            self._call_error = False
+            self._board.set_health(board_keys.UPSTREAM_ERROR, "")
         if len(results) > len(batch):
             log.error("upstream returned %d results for %d messages; ignoring the extra",
                       len(results), len(batch))
@@ -182,6 +194,8 @@ class Delivery:
             self._board.set_health(board_keys.OUTBOX_OLDEST_AGE_S,
                                    round(stats.oldest_pending_age_s, 1))
             self._board.set_health(board_keys.DEAD_LETTERS, stats.dead)
+            if not stats.dead:  # retried or purged: nothing left to alarm about
+                self._board.set_health(board_keys.OUTBOX_DEAD_ALARM, "")
             self._board.set_health(board_keys.STORE_HIGH_WATER, stats.high_water)
             self._board.set_health(board_keys.STORE_FULL, stats.full_reason or "")
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:

@@ -4,6 +4,7 @@ order, prompt wake-up, the status board, and the backoff rule."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 from gateway import delivery as delivery_mod
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery, Upstream, backoff_s
+from gateway.errors import UpstreamError
 from gateway.model import DeliveryResult, NewMessage, Outcome, StoredMessage
 from gateway.outbox import Outbox
 from gateway.settings import DeliverySettings, StoreSettings
+from gateway.status.fields import board_values
 from tests.test_faults import until
 from tools.mini_upstream import MiniUpstream, MiniUpstreamClient, applied
 
@@ -174,3 +177,74 @@ async def test_a_cancel_raised_by_the_transport_is_a_retry_not_a_dead_stream(env
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class Misconfigured:
+    """A real upstream client behind a configuration fault that an operator fixes after a
+    while: the first ``failures`` calls raise UpstreamError(permanent=True), as the OPEN-SCS
+    session does for a password file with the wrong mode."""
+
+    def __init__(self, inner: Upstream, failures: int) -> None:
+        self.inner, self.failures, self.refused = inner, failures, 0
+
+    async def deliver(self, stream: str,
+                      batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
+        if self.refused < self.failures:
+            self.refused += 1
+            raise UpstreamError("password file /etc/linegate/upstream.pw has mode 0644, must "
+                                "be 0600 (chmod 600 /etc/linegate/upstream.pw)", permanent=True)
+        return await self.inner.deliver(stream, batch)
+
+
+def _alarms(board: StatusBoard) -> dict[str, str]:
+    """The ``alarms`` status field as the status server publishes it."""
+    return json.loads(str(board_values(board, None)["alarms"]))
+
+
+async def test_a_permanent_whole_call_failure_stalls_and_condemns_nothing(env: Env) -> None:
+    outbox, up, client = env
+    board = StatusBoard()
+    upstream = Misconfigured(client, failures=4)
+    await outbox.submit([NewMessage("event", "E", f"k{n}", {"n": n}) for n in range(30)])
+    task = await _serve(Delivery(outbox, upstream, FAST, board, seed=5))
+
+    async def refused_once() -> bool:
+        return upstream.refused >= 1
+
+    await until(refused_once)
+    assert "chmod 600" in _alarms(board)["upstream_error"]
+    await until(lambda: _drained(outbox))
+    await _stop(task)
+    assert upstream.refused == 4  # backed off and tried again until the fault was gone
+    assert await outbox.dead_list() == []
+    assert [k for _, k, _ in applied(up.db_path)] == [f"k{n}" for n in range(30)]
+    assert "upstream_error" not in _alarms(board)
+
+
+async def test_dead_letter_alarm_clears_when_no_dead_letter_is_left(tmp_path: Path) -> None:
+    up = MiniUpstream(tmp_path / "up.sqlite")
+    await up.start()
+    outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite", dead_retention_s=0))
+    client = MiniUpstreamClient(f"opc.tcp://127.0.0.1:{up.port}/")
+    board = StatusBoard()
+    task = await _serve(Delivery(outbox, client, FAST, board))
+    try:
+        await outbox.submit([NewMessage("event", "E", "bad", {"invalid": "BadSerial"})])
+
+        async def dead_seen() -> bool:
+            return board.health.get("dead_letters") == 1
+
+        await until(dead_seen)
+        assert "BadSerial" in _alarms(board)["outbox_dead_alarm"]
+        assert await outbox.purge() == 1  # dead_retention_s = 0: the letter is deleted
+
+        async def cleared() -> bool:
+            return "outbox_dead_alarm" not in _alarms(board)
+
+        await until(cleared)
+        assert board.health["dead_letters"] == 0
+    finally:
+        await _stop(task)
+        await client.close()
+        await outbox.close()
+        await up.stop()

@@ -19,6 +19,7 @@ from adapters.epcis.split import split_document
 from adapters.openscs import types
 from adapters.openscs.client import CallResult, OpenScsClient
 from adapters.openscs.results import Decision, Verdict
+from gateway.errors import UpstreamError
 from gateway.model import (
     Aggregation,
     DeliveryResult,
@@ -144,6 +145,12 @@ class OpenScsUpstream:
                 verdict = Verdict(Decision.PERMANENT, f"{message.kind} {message.key}: {exc}")
             except types.TypeEncodeError as exc:
                 verdict = Verdict(Decision.PERMANENT, f"{message.kind} {message.key}: {exc}")
+            except UpstreamError as exc:
+                # raised before any call for what this message asks (a method or collection
+                # that does not fit its kind): about this message only. Connection and
+                # configuration failures come back as RETRY verdicts from the client.
+                decision = Decision.PERMANENT if exc.permanent else Decision.RETRY
+                verdict = Verdict(decision, f"{message.kind} {message.key}: {exc}")
             outcome = verdict.outcome()
             if outcome is not Outcome.DONE:
                 log.log(logging.WARNING if outcome is Outcome.RETRY else logging.ERROR,

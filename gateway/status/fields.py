@@ -66,6 +66,8 @@ HEALTH_FIELDS = (
     FieldSpec("dead_letters", U32, "Messages in the dead-letter state."),
     FieldSpec("store_high_water", B, "True when the outbox passed store.high_water_percent."),
     FieldSpec("upstream_state", S, "Upstream connection state (e.g. connected, retrying)."),
+    FieldSpec("alarms", S, "JSON: active alarms by name with their reason (store_full, "
+              "outbox_dead_alarm, upstream_error, reserve_error); {} when none."),
     FieldSpec("reserve_level", S, "JSON: serial-number reserve per selection."),
     FieldSpec("adapters", S, "JSON: adapter name -> state."),
     FieldSpec("counters", S, "JSON: frame/event counters by name."),
@@ -209,6 +211,7 @@ def board_values(board: StatusBoard, server_not_after: dt.datetime | None) -> di
         "dead_letters": h.get(K.DEAD_LETTERS, 0),
         "store_high_water": h.get(K.STORE_HIGH_WATER, False),
         "upstream_state": h.get(K.UPSTREAM_STATE, ""),
+        "alarms": _json({k: h[k] for k in K.ALARM_KEYS if h.get(k)}),
         "reserve_level": _json(h.get(K.RESERVE_LEVEL, {})),
         "adapters": _json(dict(board.adapters)),
         "counters": _json(dict(board.counters)),
