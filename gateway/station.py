@@ -21,7 +21,10 @@ What each command does:
 - ``close_order()`` (the status server's method) closes the order explicitly.
 
 Retransmissions are recognised by (peer address, tsn, payload hash); the outbox keeps that
-window durably, per peer.
+window durably, per peer. A resent packet gets its stored reply even when the session would
+now refuse it (another ORDER loaded, the order closed, the user logged out): a refusal is
+checked against the window before it goes out. A retransmission never changes the session in
+memory: memory always matches the latest committed state.
 """
 
 from __future__ import annotations
@@ -274,11 +277,35 @@ class Station:
                                            dedup_peer=self._identity(origin), state=state,
                                            hook=hook)
         if result.status == "conflict":
-            raise RemoteProtocolError(
-                Refusal.TSN_REUSED,
-                f"tsn {origin.tsn} was already used by {self._identity(origin)} for a different "
-                "packet; use a new tsn (or INIT to reset the window)")
+            raise self._tsn_reused(origin)
         return result.status, result
+
+    def _tsn_reused(self, origin: Origin) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            Refusal.TSN_REUSED,
+            f"tsn {origin.tsn} was already used by {self._identity(origin)} for a different "
+            "packet; use a new tsn (or INIT to reset the window)")
+
+    async def _refused(self, name: str, origin: Origin, exc: RemoteProtocolError) -> Reply:
+        """The session refuses a command (not logged in, not the current order, no such step,
+        ...) — unless it is the retransmission of one committed before the session changed
+        (ACK lost, then another ORDER or a close_order): that one gets its stored reply, a
+        PRINT its serial numbers. The outbox looks the packet up first; when it is not there
+        the hook raises ``exc`` and the job is rolled back, so nothing is recorded and the
+        refusal goes out. Only refusals pay this round trip."""
+        def refuse(conn: sqlite3.Connection) -> None:
+            raise exc
+
+        result = await self._outbox.submit(dedup=origin, dedup_peer=self._identity(origin),
+                                           hook=refuse)
+        if result.status == "conflict":
+            raise self._tsn_reused(origin)
+        stored = getattr(result, "reply", None)
+        serials = tuple(json.loads(stored)) if stored else ()
+        log.info("%s tsn=%d from %s: retransmission of a committed packet, answered with its "
+                 "stored reply (the session would now refuse it: %s)", name, origin.tsn,
+                 origin.peer, exc.detail)
+        return Ack(serials=serials, duplicate=True)
 
     async def _login(self, command: Login, origin: Origin) -> Reply:
         self._board.cmd = "LOGIN"
@@ -315,8 +342,9 @@ class Station:
             ticket = self._ticket()
             status, _ = await self._commit(origin, state={"order": None, "user": None},
                                            hook=self._close_order_hook())
-            self._apply_order(ticket, None)
-            self._apply_user(ticket, "")
+            if status != "duplicate":  # a duplicate changed nothing in the store
+                self._apply_order(ticket, None)
+                self._apply_user(ticket, "")
             await self._outbox.clear_dedup(identity)
         log.info("INIT from %s tsn=%d: session cleared (closed order %r)", origin.peer,
                  origin.tsn, previous)
@@ -329,7 +357,10 @@ class Station:
 
     async def _load_order(self, order: Order, origin: Origin) -> Reply:
         self._board.cmd = "ORDER"
-        self._require_login()
+        try:
+            self._require_login()
+        except RemoteProtocolError as exc:
+            return await self._refused("ORDER", origin, exc)
         as_dict = order_to_dict(order)
         audit = NewMessage(STREAM_RESULTS, "Order", self._key(),
                            {"Ordnr": order.Ordnr, "order": as_dict,
@@ -338,7 +369,7 @@ class Station:
         status, _ = await self._commit(
             origin, [audit], state={"order": json.dumps(as_dict, separators=(",", ":"))},
             hook=self._close_order_hook())
-        if status != "duplicate" or self._order is None:
+        if status != "duplicate":  # a duplicate changed nothing: memory follows the store
             self._apply_order(ticket, order)
         self._board.incr("orders_loaded")
         log.info("ORDER %s loaded from %s tsn=%d (%d instructions)%s", order.Ordnr, origin.peer,
@@ -361,6 +392,23 @@ class Station:
 
     async def _step_result(self, data: StepResult, origin: Origin) -> Reply:
         self._board.cmd = "DATA"
+        try:
+            order, messages, hook = self._plan_step_result(data, origin)
+        except RemoteProtocolError as exc:
+            return await self._refused("DATA", origin, exc)
+        status, _ = await self._commit(origin, messages, hook=hook)
+        if status != "duplicate":
+            self._board.incr("events_committed", len(messages) - 1)
+            self._board.incr("results_committed")
+        log.info("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
+                 data.group, data.gord, data.iord, data.step, "OK" if data.ok else "NOK",
+                 data.value, origin.peer, origin.tsn,
+                 " (retransmission)" if status == "duplicate" else "")
+        return Ack(duplicate=status == "duplicate")
+
+    def _plan_step_result(self, data: StepResult, origin: Origin) -> tuple[
+            Order, list[NewMessage], Callable[[sqlite3.Connection], None] | None]:
+        """What a DATA commits (order, messages, hook); RemoteProtocolError if refused."""
         self._require_login()
         order = self._current_order(data.Ordnr)
         step = order.step(data.group, data.gord, data.iord, data.step)
@@ -408,27 +456,23 @@ class Station:
                         body["pool"], body["pool_id"] = came_from
                         if not data.ok:  # printed from the reserve: still Allocated upstream
                             body["encode_first"] = True
-        status, _ = await self._commit(origin, messages, hook=hook)
-        if status != "duplicate":
-            self._board.incr("events_committed", len(messages) - 1)
-            self._board.incr("results_committed")
-        log.info("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
-                 data.group, data.gord, data.iord, data.step, "OK" if data.ok else "NOK",
-                 data.value, origin.peer, origin.tsn,
-                 " (retransmission)" if status == "duplicate" else "")
-        return Ack(duplicate=status == "duplicate")
+        return order, messages, hook
 
     async def _print(self, request: PrintRequest, origin: Origin) -> Reply:
         self._board.cmd = "PRINT"
-        self._require_login()
-        order = self._current_order(request.Ordnr)
-        if request.count < 1:
-            raise RemoteProtocolError(Refusal.MALFORMED,
-                                      f"PRINT count must be at least 1, got {request.count}")
         reserve = self._reserve
-        if reserve is None:
-            raise RemoteProtocolError(Refusal.RESERVE_EMPTY,
-                                      "the serial-number reserve is disabled (reserve.enable)")
+        try:
+            self._require_login()
+            order = self._current_order(request.Ordnr)
+            if request.count < 1:
+                raise RemoteProtocolError(Refusal.MALFORMED,
+                                          f"PRINT count must be at least 1, got {request.count}")
+            if reserve is None:
+                raise RemoteProtocolError(
+                    Refusal.RESERVE_EMPTY, "the serial-number reserve is disabled "
+                    "(reserve.enable)")
+        except RemoteProtocolError as exc:
+            return await self._refused("PRINT", origin, exc)
 
         def hook(conn: sqlite3.Connection) -> str:
             serials = reserve.take_in(conn, order.Ordnr, request.selection, request.count)

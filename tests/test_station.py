@@ -306,3 +306,126 @@ async def test_init_clears_order_and_user_and_data_then_has_no_order(env):
     data = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123456789")
     reply = await station.handle(data, origin(4))
     assert isinstance(reply, Nak) and reply.refusal is Refusal.NO_ORDER
+
+
+async def reload(settings: Settings, outbox: Outbox) -> tuple[Outbox, Station]:
+    """Close the outbox and start a station afresh on the same file (a restart)."""
+    await outbox.close()
+    outbox = await Outbox.open(settings.store)
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await station.load()
+    return outbox, station
+
+
+async def test_committed_data_resent_after_the_order_changed_is_acked_not_refused(env):
+    """DATA committed, ACK lost, another PAC loads another ORDER, the DATA is resent: the
+    stored reply (ACK), nothing committed twice. A new DATA for the old order is still NAK 8
+    and records nothing (its tsn stays free); the committed tsn with other content is NAK 6."""
+    _, outbox, _, station = env
+    assert await station.handle(LoadOrder(ORDER), origin(1, "A")) == Ack()
+    data = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123ABC789")
+    assert await station.handle(data, origin(2, "D")) == Ack()
+    before = await _messages(outbox)
+    other = dataclasses.replace(ORDER, Ordnr="B1")
+    assert await station.handle(LoadOrder(other), origin(1, "B", peer="10.0.0.6")) == Ack()
+    assert await station.handle(data, origin(2, "D")) == Ack(duplicate=True)
+    assert len(await _messages(outbox)) == len(before) + 1  # only the second ORDER
+
+    reused = await station.handle(dataclasses.replace(data, value="00123ABC780"),
+                                  origin(2, "D2"))
+    assert isinstance(reused, Nak) and reused.refusal is Refusal.TSN_REUSED
+    new = await station.handle(dataclasses.replace(data, value="00123ABC781"), origin(3, "E"))
+    assert isinstance(new, Nak) and new.refusal is Refusal.NO_ORDER
+    assert len(await _messages(outbox)) == len(before) + 1
+    # the refused tsn 3 was not recorded: it may carry other content now
+    fresh = StepResult("B1", "G5A1", 1, 10, 2, True, "00123ABC782")
+    assert await station.handle(fresh, origin(3, "F")) == Ack()
+    assert station.order is not None and station.order.Ordnr == "B1"
+
+
+async def test_committed_order_resent_after_logout_is_acked(tmp_path):
+    settings = Settings(store=StoreSettings(path=tmp_path / "o.sqlite"),
+                        oip=OipSettings(require_login=True))
+    outbox = await Outbox.open(settings.store)
+    try:
+        station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+        await station.load()
+        assert await station.handle(Login("op1"), origin(1)) == Ack()
+        assert await station.handle(LoadOrder(ORDER), origin(2)) == Ack()
+        await station.logout()
+        assert await station.handle(LoadOrder(ORDER), origin(2)) == Ack(duplicate=True)
+        other = await station.handle(LoadOrder(ORDER), origin(3))
+        assert isinstance(other, Nak) and other.refusal is Refusal.NOT_LOGGED_IN
+    finally:
+        await outbox.close()
+
+
+async def test_order_resent_after_close_changes_neither_memory_nor_store(tmp_path):
+    """A duplicate never changes memory: after close_order (or an ORDER of another PAC), a
+    resent ORDER is re-ACKed and the station keeps what the store holds, across a restart."""
+    settings = Settings(store=StoreSettings(path=tmp_path / "o.sqlite"))
+    outbox = await Outbox.open(settings.store)
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await station.load()
+    assert await station.handle(LoadOrder(ORDER), origin(1, "A")) == Ack()
+    assert await station.close_order() == ORDER.Ordnr
+    assert await station.handle(LoadOrder(ORDER), origin(1, "A")) == Ack(duplicate=True)
+    assert station.order is None and (await outbox.get_state()).get("order") is None
+    other = dataclasses.replace(ORDER, Ordnr="B1")
+    assert await station.handle(LoadOrder(other), origin(5, "B", peer="10.0.0.6")) == Ack()
+    assert await station.handle(LoadOrder(ORDER), origin(1, "A")) == Ack(duplicate=True)
+    assert station.order == other
+    outbox, station = await reload(settings, outbox)
+    try:
+        assert station.order == other
+        data = StepResult("ZI355937", "G5A1", 1, 10, 2, True, "00123ABC789")
+        reply = await station.handle(data, origin(2, "D"))
+        assert isinstance(reply, Nak) and reply.refusal is Refusal.NO_ORDER
+    finally:
+        await outbox.close()
+
+
+async def test_print_resent_after_close_order_gets_the_same_serials(tmp_path):
+    """A PRINT committed before close_order and resent after it (ACK lost) is answered with
+    the serial numbers it was given, without taking new ones — also after a restart."""
+    from adapters.openscs.client import OpenScsClient
+    from adapters.openscs.reserve import AVAILABLE, Reserve, ensure_schema
+    from gateway.settings import OpenScsSettings, ReserveSettings
+
+    settings = Settings(store=StoreSettings(path=tmp_path / "outbox.sqlite"))
+
+    def fill(conn):
+        ensure_schema(conn)
+        conn.executemany("INSERT INTO reserve_serials (serial, selection, state, pool_id, "
+                         "added_at) VALUES (?, 'GTIN1', ?, 'P1', ?)",
+                         [(f"00{n:09d}", AVAILABLE, float(n)) for n in range(6)])
+
+    async def start() -> tuple[Outbox, Station]:
+        outbox = await Outbox.open(settings.store)
+        reserve = Reserve(outbox, OpenScsClient(OpenScsSettings()), ReserveSettings())
+        station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern,
+                          reserve=reserve)
+        await station.load()
+        return outbox, station
+
+    outbox, station = await start()
+    await outbox.submit(hook=fill)
+    request = PrintRequest(ORDER.Ordnr, "GTIN1", 2)
+    assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
+    printed = await station.handle(request, origin(2))
+    assert isinstance(printed, Ack) and len(printed.serials) == 2
+    await station.close_order()
+    again = await station.handle(request, origin(2))
+    assert again == Ack(serials=printed.serials, duplicate=True)
+    new = await station.handle(request, origin(3))
+    assert isinstance(new, Nak) and new.refusal is Refusal.NO_ORDER
+    await outbox.close()
+    outbox, station = await start()
+    try:
+        assert await station.handle(request, origin(2)) == Ack(serials=printed.serials,
+                                                                duplicate=True)
+        left = await outbox.submit(hook=lambda c: c.execute(
+            "SELECT COUNT(*) FROM reserve_serials WHERE state=?", (AVAILABLE,)).fetchone()[0])
+        assert left.hook_result == 4  # nothing new was taken
+    finally:
+        await outbox.close()
