@@ -196,8 +196,13 @@ class Outbox:
     def _capacity(self) -> str | None:
         """Writer thread: the StoreFull reason when a limit is reached; tracks high water."""
         s = self.settings
-        live, _ = self._sizes(self._conn)
-        vfs = os.statvfs(self.path.parent)
+        try:
+            live, _ = self._sizes(self._conn)
+            vfs = os.statvfs(self.path.parent)
+        except OSError as exc:  # a transient I/O error must not stop the writer: keep the
+            log.warning("outbox capacity check failed (%s); keeping the last known state "
+                        "(%s)", exc, self.full_reason or "accepting work")
+            return self.full_reason
         free_mb = vfs.f_bavail * vfs.f_frsize / 1e6
         total = vfs.f_blocks * vfs.f_frsize
         reason = None

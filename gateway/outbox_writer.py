@@ -140,7 +140,11 @@ class GroupCommitWriter:
                 continue
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
-            except sqlite3.Error as exc:  # BEGIN itself failed: the whole batch failed
+            except Exception as exc:  # BEGIN failed, or a bug or an OSError around
+                # the jobs: that batch fails with the error (nothing of it was committed: the
+                # transaction is rolled back) and the writer goes on serving later batches
+                if not isinstance(exc, sqlite3.Error):
+                    log.error("outbox writer: batch of %d failed: %r", len(batch), exc)
                 mapped = map_error(exc, self._where)
                 outcomes = [(False, mapped)] * len(batch)
             if any(not ok and isinstance(v, StoreFull) for ok, v in outcomes):
@@ -171,7 +175,7 @@ class GroupCommitWriter:
     def _commit(self, batch: list[_Pending]) -> list[tuple[bool, object]]:
         try:
             return self._commit_batch(batch)
-        except sqlite3.Error:
+        except Exception:
             if self._conn.in_transaction:  # never leave the connection inside a transaction
                 self._conn.execute("ROLLBACK")
             raise

@@ -213,6 +213,25 @@ async def test_min_free_disk_refuses_with_reason(tmp_path: Path) -> None:
     await ob.close()
 
 
+async def test_an_os_error_in_the_capacity_check_does_not_stop_the_writer(
+        tmp_path: Path) -> None:
+    # A real OSError: the store's directory is renamed underneath the open outbox, so the
+    # capacity check's os.statvfs(store.path.parent) fails (SQLite keeps its open files).
+    folder = tmp_path / "data"
+    folder.mkdir()
+    ob = await Outbox.open(StoreSettings(path=folder / "o.sqlite"))
+    await ob.submit([msg(0)])
+    folder.rename(tmp_path / "elsewhere")
+    try:
+        first = await asyncio.wait_for(ob.submit([msg(1)]), 10)  # never hangs
+        assert first.status == "accepted"  # last known capacity state: accepting
+    finally:
+        (tmp_path / "elsewhere").rename(folder)
+    assert (await asyncio.wait_for(ob.submit([msg(2)]), 10)).status == "accepted"
+    assert [m.body["n"] for m in await ob.pending("event", 10)] == [0, 1, 2]
+    await ob.close()
+
+
 async def test_migration_from_v1_keeps_the_backlog(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as old:
