@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from adapters.oip.codec import build_packet, encode_command
+from adapters.oip.pattern import match_pattern
 from adapters.oip.records import MAX_PRINT_COUNT
 from adapters.oip.tcp import OipTcpServer
 from gateway.board import StatusBoard
@@ -41,7 +42,9 @@ from gateway.model import (
     Refusal,
     Reply,
 )
-from gateway.settings import OipSettings, OipTcpSettings, TlsSettings
+from gateway.outbox import Outbox
+from gateway.settings import OipSettings, OipTcpSettings, Settings, StoreSettings, TlsSettings
+from gateway.station import Station
 from tests.conftest import ROOT
 from tests.test_oip_codec import seed_tcp_order, seed_text
 from tools.pacsim import SEED_ORDER, TcpPac, run_stream, seed_commands
@@ -490,14 +493,47 @@ async def test_pacsim_sends_a_file_of_frames(tmp_path):
     assert station.commands() == [LoadOrder(SEED_ORDER), Ping()]
 
 
-async def test_pacsim_stream_over_several_connections():
-    station = RecordingStation()
-    async with tcp_server(station) as server:
-        stats = await run_stream("tcp", HOST, server.port, connections=3, count=30,
-                                 pipeline=4)
+@contextlib.asynccontextmanager
+async def real_station(path: Path) -> AsyncIterator[tuple[Station, Outbox]]:
+    """The real Station on a real Outbox file (no reserve)."""
+    settings = Settings(store=StoreSettings(path=path))
+    outbox = await Outbox.open(settings.store, dedup_window=settings.oip.dedup_window)
+    try:
+        station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+        await station.load()
+        yield station, outbox
+    finally:
+        await outbox.close()
+
+
+async def committed(outbox: Outbox) -> dict[str, int]:
+    """How many messages of each kind the outbox holds."""
+    kinds: dict[str, int] = {}
+    for stream in await outbox.pending_streams():
+        for m in await outbox.pending(stream, 100_000):
+            kinds[m.kind] = kinds.get(m.kind, 0) + 1
+    return kinds
+
+
+async def test_pacsim_stream_over_several_connections(tmp_path):
+    """A multi-connection ORDER + DATA stream is valid against the real station (one current
+    order): every packet is ACKed and committed; --orders-only streams too."""
+    async with real_station(tmp_path / "o.sqlite") as (station, outbox), \
+            tcp_server(station) as server:
         code, out = await run_pacsim("--port", str(server.port), "stream", "--count", "12",
                                      "--connections", "2")
-    assert (stats.sent, stats.acks, stats.naks) == (30, 30, 0)
+        stats = await run_stream("tcp", HOST, server.port, connections=3, count=30,
+                                 pipeline=4, tsn_base=100_000_000)
+        many = await run_stream("tcp", HOST, server.port, connections=8, count=50,
+                                tsn_base=200_000_000)
+        orders = await run_stream("tcp", HOST, server.port, connections=4, count=20,
+                                  orders_only=True, tsn_base=300_000_000)
+        kinds = await committed(outbox)
     assert code == 0 and "ACK 12, NAK 0" in out, out
-    kinds = {type(c).__name__ for c in station.commands()}
-    assert kinds == {"LoadOrder", "StepResult"}
+    assert (stats.sent, stats.acks, stats.naks) == (30, 30, 0)
+    assert (many.sent, many.acks, many.naks) == (50, 50, 0)
+    assert (orders.sent, orders.acks, orders.naks) == (20, 20, 0)
+    # 1 ORDER + 4 DATA (the 2nd and 4th on validate-serial steps) per seed order: 12 -> 3
+    # orders (the last with 1 DATA, no serial), 30 -> 6, 50 -> 10; then 20 orders alone
+    assert kinds == {"Order": 3 + 6 + 10 + 20, "StepResult": 9 + 24 + 40,
+                     "SIDCommissioningEvent": 4 + 12 + 20}

@@ -3,7 +3,9 @@
 Modes: ``seed`` sends the OIP seed's examples (the ORDER, then a DATA for each validate-serial
 step and a PRINT), ``file`` sends packets from a file (one per line, ``{stx}``/``{etx}`` or raw
 0x02/0x03; for SOAP one command per line in the TCP form, re-encoded as XML), ``stream``
-sends generated ORDER + DATA traffic at a rate over N connections and prints the figures.
+sends generated ORDER + DATA traffic at a rate over N connections and prints the figures; it
+is valid against one station (one current order): ORDERs go out one at a time, each order's
+DATA spread over all connections (``--orders-only``: ORDERs alone, on every connection).
 
     python -m tools.pacsim --help
     python -m tools.pacsim --transport tcp --port 7701 seed
@@ -225,44 +227,75 @@ async def run_stream(transport: str, host: str, port: int, *, connections: int =
     """Send ``count`` commands over ``connections`` PACs, paced at ``rate``/s overall
     (None = as fast as the ACKs come). TCP connections may keep ``pipeline`` packets in
     flight. Connection ``idx`` numbers its packets from ``tsn_base + idx * 10_000_000`` so
-    that PACs sharing one address never reuse each other's tsn."""
-    stats = StreamStats()
-    per_conn = [count // connections + (1 if i < count % connections else 0)
-                for i in range(connections)]
-    start = time.perf_counter()
+    that PACs sharing one address never reuse each other's tsn.
 
-    async def one(idx: int, n: int) -> None:
-        pac = await connect(transport, host, port, ssl_ctx)
-        try:
-            cmds = order_stream(f"C{idx:03d}N", data_per_order=not orders_only)
-            interval = connections / rate if rate else 0.0
-            tsn = tsn_base + idx * 10_000_000
-            pending: asyncio.Queue[float] = asyncio.Queue()
-            for k in range(n):
-                if interval:
-                    delay = start + k * interval + idx * interval / connections \
-                        - time.perf_counter()
+    A station has one current order, so a stream with DATA is valid against a real station
+    only if each order's DATA arrive while it is current: the ORDERs go out one at a time
+    (taking turns over the connections), and once an ORDER is ACKed its DATA are spread over
+    all connections concurrently; the next ORDER waits for them. ``orders_only`` streams
+    have no such constraint: every connection sends ORDERs on its own."""
+    stats = StreamStats()
+    opened = await asyncio.gather(*(connect(transport, host, port, ssl_ctx)
+                                    for _ in range(max(connections, 1))),
+                                  return_exceptions=True)
+    pacs = [p for p in opened if not isinstance(p, BaseException)]
+    failed = [p for p in opened if isinstance(p, BaseException)]
+    if failed:
+        for pac in pacs:
+            await pac.close()
+        raise failed[0]
+    start = time.perf_counter()
+    try:
+        tsns = [tsn_base + idx * 10_000_000 for idx in range(len(pacs))]
+
+        async def send(idx: int, items: list[tuple[int, Command]]) -> None:
+            """Connection ``idx`` sends ``items`` (global index k, command) in order; the
+            k-th command overall is due at ``start + k / rate``."""
+            pac, in_flight = pacs[idx], []
+            for n, (k, cmd) in enumerate(items):
+                if rate:
+                    delay = start + k / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                cmd = next(cmds)
                 t0 = time.perf_counter()
                 stats.sent += 1
+                tsn, tsns[idx] = tsns[idx], tsns[idx] + 1
                 if isinstance(pac, TcpPac) and pipeline > 1:
                     await pac.send_raw(encode_command(cmd, tsn))
-                    pending.put_nowait(t0)
-                    tsn += 1
-                    if pending.qsize() >= pipeline or k == n - 1:
-                        while not pending.empty():
-                            sent_at = pending.get_nowait()
+                    in_flight.append(t0)
+                    if len(in_flight) >= pipeline or n == len(items) - 1:
+                        for sent_at in in_flight:
                             _count(stats, await pac.reply(), sent_at)
+                        in_flight.clear()
                     continue
-                reply = await pac.request(cmd, tsn)
-                tsn += 1
-                _count(stats, reply, t0)
-        finally:
-            await pac.close()
+                _count(stats, await pac.request(cmd, tsn), t0)
 
-    await asyncio.gather(*(one(i, n) for i, n in enumerate(per_conn) if n))
+        if orders_only:
+            per_conn: list[list[tuple[int, Command]]] = [[] for _ in pacs]
+            for k, cmd in zip(range(count), order_stream("SIM", data_per_order=False),
+                              strict=False):
+                per_conn[k % len(pacs)].append((k, cmd))
+            await asyncio.gather(*(send(i, items) for i, items in enumerate(per_conn)))
+        else:
+            k, turn = 0, 0
+            for n in itertools.count(1):
+                if k >= count:
+                    break
+                order = dataclasses.replace(SEED_ORDER, Ordnr=f"SIM{n:08d}")
+                owner = turn % len(pacs)
+                turn += 1
+                await send(owner, [(k, LoadOrder(order))])
+                k += 1
+                data = data_for(order, n)[:count - k]
+                shares: list[list[tuple[int, Command]]] = [[] for _ in pacs]
+                for j, result in enumerate(data):  # the owner's neighbour first
+                    shares[(owner + 1 + j) % len(pacs)].append((k + j, result))
+                k += len(data)
+                await asyncio.gather(*(send(i, items) for i, items in enumerate(shares)
+                                       if items))
+    finally:
+        for pac in pacs:
+            await pac.close()
     stats.elapsed_s = time.perf_counter() - start
     return stats
 
