@@ -240,12 +240,30 @@ def test_stx_inside_a_packet_refuses_the_cut_one_and_reads_the_next():
 
 
 def test_limits_on_records_and_fields():
-    with pytest.raises(OipError, match="records"):
+    with pytest.raises(OipError, match="records") as records:
         parse_packet(pkt("LOGIN,0,1,{}" + ";a" * 10), Limits(max_records=5))
-    with pytest.raises(OipError, match="field 1: longer"):
+    with pytest.raises(OipError, match="record 2 field 1: longer") as field:
         parse_packet(pkt("LOGIN,0,1,{};" + "u" * 50), Limits(max_field_bytes=20))
+    # the same answers as the SOAP form's limits (NAK 3, PROTOCOL.md)
+    assert records.value.refusal is field.value.refusal is Refusal.TOO_LARGE
     with pytest.raises(OipError, match="UTF-8"):
         parse_packet(b"\x02LOGIN,0,1,16;\xff\xfe\x03")
+
+
+def test_an_over_long_field_gets_the_same_answer_over_tcp_and_soap():
+    """PROTOCOL.md: both forms get the same answers; an over-long field is NAK 3 in both."""
+    command = Login("u" * 300)
+    d = Decoder()
+    d.receive_data(encode_command(command, 5))
+    tcp = d.next_event()
+    _, decoded = xmlcodec.decode_envelope(xmlcodec.parse_xml(xmlcodec.encode_request(command,
+                                                                                       5)))
+    with pytest.raises(OipError) as soap:
+        xmlcodec.check_limits(decoded, Limits())
+    assert isinstance(tcp, Refused) and tcp.tsn == 5
+    assert tcp.refusal is soap.value.refusal is Refusal.TOO_LARGE
+    assert NAK_CODES[tcp.refusal] == 3
+    assert "record 2 field 1" in tcp.detail and "ALOGIN/user" in soap.value.detail
 
 
 # --------------------------------------------------------------------------- replies

@@ -178,6 +178,9 @@ async def test_numbers_too_long_for_int_are_a_nak_and_the_connection_goes_on(max
         await p.close()
     tsn_nak, length_nak, gord_nak, ping = replies
     assert not tsn_nak.ack and not length_nak.ack and not gord_nak.ack
+    # over max_field_bytes: NAK 3 (too large); within it: NAK 1 (out of range)
+    assert tsn_nak.code == length_nak.code == gord_nak.code == (3 if max_field_bytes < 5000
+                                                                else 1)
     assert "record 1" in tsn_nak.text and "field 3" in tsn_nak.text
     assert "record 1" in length_nak.text and "field 4" in length_nak.text
     assert gord_nak.tsn == 3 and "record 3" in gord_nak.text and "field 2" in gord_nak.text

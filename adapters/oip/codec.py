@@ -21,7 +21,8 @@ NAK reason codes (``NAK_CODES``, gateway.model.Refusal -> code)::
 
      1 malformed          packet or record does not follow the grammar (text names the field)
      2 length mismatch    header length differs from the packet's byte count
-     3 too large          packet longer than oip.max_packet_bytes / too many records
+     3 too large          packet longer than oip.max_packet_bytes / too many records / a
+                          field longer than oip.max_field_bytes
      4 unknown command    cmd not one of LOGIN ORDER DATA PRINT PING INIT
      5 store full         the outbox refuses new work (disk or size limit)
      6 tsn reused         same tsn from the same peer with different content
@@ -258,8 +259,8 @@ def split_packet(raw: bytes, limits: Limits) -> list[list[str]]:
         if len(rec) > quick:
             for fno, f in enumerate(fields, 1):
                 if len(f) > quick and len(f.encode()) > limits.max_field_bytes:
-                    raise malformed(f"record {no} field {fno}: longer than "
-                                    f"{limits.max_field_bytes} bytes")
+                    raise OipError(Refusal.TOO_LARGE, f"record {no} field {fno}: longer than "
+                                   f"{limits.max_field_bytes} bytes (oip.max_field_bytes)")
         out.append(fields)
     return out
 
