@@ -153,7 +153,17 @@ class Outbox:
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # an old file: convert once
             log.warning("%s: converting to incremental auto-vacuum (one-time VACUUM)", path)
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.execute("VACUUM")
+            try:
+                conn.execute("VACUUM")  # needs about the file's size again in free space
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc):
+                    conn.close()
+                    raise
+                # not needed to work (freed pages are reused, only not returned to the file
+                # system): open without it rather than refuse to deliver; retried next start
+                log.warning("%s: the one-time VACUUM failed, the disk is full (%s); the "
+                            "outbox works without it and it is retried at the next start",
+                            path, exc)
         if found and found != schema.SCHEMA_VERSION:
             log.warning("%s: schema migrated from v%d to v%d", path, found,
                         schema.SCHEMA_VERSION)

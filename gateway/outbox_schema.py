@@ -112,6 +112,9 @@ def migrate(conn: sqlite3.Connection, path: object) -> int:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would raise "no transaction is active" and hide the real cause
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return found

@@ -7,6 +7,7 @@ skipped on a developer machine and fails under CI=true (like a missing tool).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import outbox_schema
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery
 from gateway.errors import StoreFull
@@ -130,3 +132,55 @@ async def test_disk_full_at_open_is_a_clear_error_not_corruption(small_fs: Path)
     ob = await Outbox.open(StoreSettings(path=store, min_free_disk_mb=0))
     assert [m.key for m in await ob.pending("event", 100)] == [f"k{i}" for i in range(20)]
     await ob.close()
+
+
+def _old_file(path: Path, version: int, rows: int) -> None:
+    """An outbox file of an older layout (v1) or of v2 without incremental auto-vacuum."""
+    with sqlite3.connect(path) as old:
+        if version == 1:
+            old.executescript(outbox_schema.SCHEMA_V1)
+        else:
+            outbox_schema._run_script(old, outbox_schema._V2_TABLES)
+        old.execute(f"PRAGMA user_version = {version}")
+        old.executemany("INSERT INTO messages (stream, kind, key, body, created_at) "
+                        "VALUES ('event', 'K', ?, ?, 0)",
+                        [(f"k{i}", json.dumps({"b": "x" * 600})) for i in range(rows)])
+    old.close()
+
+
+async def test_migration_on_a_full_disk_is_store_full_and_keeps_the_file(
+        small_fs: Path) -> None:
+    path = small_fs / "old.sqlite"
+    await asyncio.to_thread(_old_file, path, 1, 600)
+    await asyncio.to_thread(_fill, small_fs / "filler", 150_000)
+    with pytest.raises(StoreFull, match="disk is full") as info:
+        await Outbox.open(StoreSettings(path=path, min_free_disk_mb=0))
+    # the cause, not "cannot rollback - no transaction is active" (SQLite rolled back itself)
+    assert "database or disk is full" in info.value.reason and "rollback" not in info.value.reason
+    assert str(path) in info.value.reason
+    assert not [n for n in os.listdir(small_fs) if ".corrupt-" in n]  # never moved aside
+    with sqlite3.connect(path) as conn:  # untouched: still v1 with its whole backlog
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 600
+    conn.close()
+    (small_fs / "filler").unlink()  # space is back: the migration runs and keeps everything
+    ob = await Outbox.open(StoreSettings(path=path, min_free_disk_mb=0))
+    assert (await ob.stats()).pending == 600
+    await ob.close()
+
+
+async def test_the_one_time_vacuum_on_a_full_disk_does_not_stop_the_outbox(
+        small_fs: Path) -> None:
+    path = small_fs / "novacuum.sqlite"
+    await asyncio.to_thread(_old_file, path, outbox_schema.SCHEMA_VERSION, 600)
+    await asyncio.to_thread(_fill, small_fs / "filler", 150_000)
+    ob = await Outbox.open(StoreSettings(path=path, min_free_disk_mb=0))
+    assert [m.key for m in await ob.pending("event", 1000)] == [f"k{i}" for i in range(600)]
+    await ob.close()
+    (small_fs / "filler").unlink()
+    ob = await Outbox.open(StoreSettings(path=path, min_free_disk_mb=0))
+    await ob.close()
+    with sqlite3.connect(path) as conn:  # converted at the first start with room for it
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 600
+    conn.close()
