@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -15,15 +16,18 @@ from lxml import etree
 from zeep import Plugin, xsd
 
 from adapters.oip import xmlcodec
-from adapters.oip.codec import parse_packet
+from adapters.oip.codec import encode_command, parse_packet
 from adapters.oip.soap import OipSoapServer
 from gateway.board import StatusBoard
+from gateway.errors import LocalProtocolError
 from gateway.model import (
     Init,
+    Instruction,
     LoadOrder,
     Login,
     Ping,
     PrintRequest,
+    Step,
     StepResult,
 )
 from gateway.settings import OipSettings, OipSoapSettings, TlsSettings
@@ -238,6 +242,26 @@ async def test_an_unexpected_failure_is_nak_99(monkeypatch):
     fault = etree.fromstring(in_decode[1]).find(f".//{{{xmlcodec.SOAP_ENV}}}Fault")
     assert fault is not None and fault.findtext("faultcode") == "soap:Server"
     assert after[0] == 200 and reply_of(after[1])[:3] == (True, 0, 7)
+
+
+async def test_an_order_without_an_unambiguous_tcp_form_is_refused():
+    """PROTOCOL.md: every SOAP command accepted has a TCP form. An instruction whose iname and
+    c are digits reads differently in the TCP grammar: NAK 1 naming the instruction."""
+    ambiguous = Instruction("G5A2", 2, 5, "1035252", "", "7", 1, (Step(2, "10", 4),))
+    order = replace(SEED_ORDER, instructions=(SEED_ORDER.instructions[0], ambiguous))
+    with pytest.raises(LocalProtocolError):
+        encode_command(LoadOrder(order), 8)  # the TCP form cannot carry it
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        status, body = await post(server, xmlcodec.encode_request(LoadOrder(order), 8))
+        fine = replace(ambiguous, iname="Seven")
+        ok = await post(server, xmlcodec.encode_request(
+            LoadOrder(replace(order, instructions=(fine,))), 9))
+    ack, code, tsn, text, _ = reply_of(body)
+    assert (status, ack, code, tsn) == (200, False, 1, 8)
+    assert "instr[2]" in text and "TCP form" in text
+    assert ok[0] == 200 and reply_of(ok[1])[:3] == (True, 0, 9)
+    assert station.commands() == [LoadOrder(replace(order, instructions=(fine,)))]
 
 
 HOSTILE = {

@@ -293,6 +293,12 @@ def _unambiguous_form(ins: Instruction) -> tuple[str, ...] | None:
     return None
 
 
+def has_tcp_form(ins: Instruction) -> bool:
+    """Whether ``ins`` can be written in the TCP form so that it reads back as ``ins`` (the
+    SOAP codec refuses an instruction that cannot)."""
+    return _unambiguous_form(ins) is not None
+
+
 def encode_instruction(ins: Instruction, where: str) -> str:
     """The first form of ``ins`` that decodes back to ``ins``; LocalProtocolError if none."""
     form = _unambiguous_form(ins)

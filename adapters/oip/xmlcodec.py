@@ -29,6 +29,7 @@ from adapters.oip.records import (
     OipError,
     check_instruction,
     check_text,
+    has_tcp_form,
     malformed,
     parse_int,
 )
@@ -222,10 +223,11 @@ def decode_instr(el: etree._Element, no: int) -> Instruction:
 
 def check_limits(command: Command, limits: Limits) -> Command:
     """The TCP form's rules for a command decoded from XML: every field fits
-    ``max_field_bytes`` and carries none of ``, ; STX ETX`` (so that each SOAP command has a TCP
-    form, and results and events stay within the same bounds), and an ORDER has at most
-    ``max_records`` records (header + order record + instructions). Raises OipError (NAK 1 or
-    3) naming the element."""
+    ``max_field_bytes`` and carries none of ``, ; STX ETX``, an ORDER has at most
+    ``max_records`` records (header + order record + instructions), and each instruction can
+    be written in the TCP form so that it reads back the same (the grammar reads it without
+    guessing). So each SOAP command has a TCP form, and results and events stay within the
+    same bounds. Raises OipError (NAK 1 or 3) naming the element."""
     fields: list[tuple[str, str]] = []
     match command:
         case Login():
@@ -254,6 +256,12 @@ def check_limits(command: Command, limits: Limits) -> Command:
         if len(value.encode()) > limits.max_field_bytes:
             raise OipError(Refusal.TOO_LARGE, f"{where}: {len(value.encode())} bytes > "
                            f"oip.max_field_bytes {limits.max_field_bytes}")
+    if isinstance(command, LoadOrder):
+        for no, ins in enumerate(command.order.instructions, 1):
+            if not has_tcp_form(ins):
+                raise malformed(
+                    f"AORDER/AIList/instr[{no}] ({ins.group},{ins.gord},{ins.iord}): no "
+                    "unambiguous OIP TCP form (its sitem/iname/c would read as integers)")
     return command
 
 
