@@ -333,6 +333,8 @@ PATTERNS = [
     ("x||AB", "ABC", "is not 'AB'"),
     ("", "anything", None),
     ("11zz", "x", "is not <length><class>"),
+    ("11an\n||00*", "00123ABC789", "is not <length><class>"),  # no trailing newline
+    ("\u0661\u0661an||00*", "00123ABC789", "is not <length><class>"),  # ASCII digits only
 ]
 
 

@@ -25,7 +25,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-_SPEC = re.compile(r"^(?:(\d{1,3})(?:-(\d{1,3}))?)?(an|n|a|x)$")
+_SPEC = re.compile(r"(?:([0-9]{1,3})(?:-([0-9]{1,3}))?)?(an|n|a|x)")
 
 CLASSES: dict[str, tuple[str, str]] = {
     # class -> (regex of one allowed character, human name)
@@ -49,7 +49,7 @@ class Pattern:
 def parse_pattern(pattern: str) -> Pattern:
     """Parse a ``c`` pattern; ValueError names what is wrong."""
     spec, sep, affix = pattern.partition("||")
-    m = _SPEC.match(spec)
+    m = _SPEC.fullmatch(spec)  # not match(..$): "$" accepts a trailing newline
     if m is None:
         raise ValueError(f"pattern {pattern!r}: {spec!r} is not <length><class> "
                          "(class n, a, an or x; length N or N-M)")
