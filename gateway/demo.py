@@ -7,7 +7,8 @@ and lets a simulated PAC run a shift in miniature over OIP/TCP:
 
     LOGIN → ORDER → PRINT 3 serial numbers (from the local reserve)
           → DATA OK (first serial: commissioned) → DATA NOK (second: label scrapped)
-          → INIT (order closed: the third serial is returned to the pool)
+          → INIT (order closed: the third serial, printed but never scanned, is reported
+            encoded then scrapped: a printed number never goes back to the pool)
 
 Then it waits until the outbox has drained and prints what flowed. The upstream counts are read
 back from the reference server's own records (its SQLite file), not from the gateway's counters.
@@ -268,7 +269,7 @@ def _report_upstream(upstream: object, root: Path, printed: list[str]) -> int:
     if not events:
         _say("  no event arrived upstream")
     states = upstream.serial_states()  # type: ignore[attr-defined]
-    names = {1: "Unallocated (returned)", 2: "Allocated", 6: "LabelScrapped",
+    names = {1: "Unallocated", 2: "Allocated", 4: "Encoded", 6: "LabelScrapped",
              7: "Commissioned"}
     for serial in printed:
         state = next((v for (_pool, sn), v in states.items() if sn == serial), None)

@@ -9,8 +9,9 @@ What each command does:
 
 - LOGIN sets the current user; INIT clears the session (order, user, retransmission window)
   and closes the current order; PING is answered without touching the store.
-- ORDER replaces the current order (closing the previous one, which returns its unused serial
-  numbers upstream) and is written to the result backup stream (audit trail).
+- ORDER replaces the current order (closing the previous one: its printed, never used serial
+  numbers are reported scrapped upstream, never returned to the pool) and is written to the
+  result backup stream (audit trail).
 - DATA reports a step result. On a validate-serial step (handler 3) an OK value must match the
   step's ``c`` pattern and becomes a SIDCommissioningEvent; a NOK whose value is a serial
   number of that pattern becomes a LabelsScrappingEvent (reported encoded first when it was
@@ -180,7 +181,7 @@ class Station:
 
     async def close_order(self) -> str:
         """Close the current order explicitly (the status server's ``close_order``): its
-        serial numbers issued and never used go back upstream, as at a new ORDER or INIT.
+        serial numbers printed and never used are reported scrapped, as at a new ORDER or INIT.
         Returns the Ordnr closed ("" when none was loaded)."""
         async with self._session_lock:
             previous = self._order.Ordnr if self._order else ""

@@ -29,14 +29,14 @@ def test_linegate_demo_command_exits_0_and_reports_the_upstream_records():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for needle in ("← ACK serials=", "SIDCommissioningEvent", "LabelsScrappingEvent",
-                   "SNReturnAllocated", "upstream state Commissioned",
-                   "upstream state LabelScrapped", "upstream state Unallocated (returned)",
-                   "0 pending, 0 dead letters", "OK: 4 event(s) recorded upstream",
+                   "upstream state Commissioned", "upstream state LabelScrapped",
+                   "0 pending, 0 dead letters", "OK: 5 event(s) recorded upstream",
                    # the status server, read over OPC UA: health keys reach their fields
                    "upstream_state  connected", f'reserve_level   {{"{GTIN}":',
                    "outbox_backlog  0", '"serials_printed":3'):
         assert needle in out, f"{needle!r} missing from:\n{out}"
     assert "NAK" not in out
+    assert "SNReturnAllocated" not in out and "Unallocated" not in out  # printed: never back
 
 
 async def test_thin_slice_fields_arrive_upstream_exactly_once(tmp_path: Path):
@@ -52,7 +52,7 @@ async def test_thin_slice_fields_arrive_upstream_exactly_once(tmp_path: Path):
         store.close()
     methods = [e["method"] for e in events]
     assert methods == ["SIDCommissioningEvent", "LabelsEncodingEvent", "LabelsScrappingEvent",
-                       "SNReturnAllocated"]
+                       "LabelsEncodingEvent", "LabelsScrappingEvent"]
     commissioning = events[0]
     payload = commissioning["payload"]
     assert isinstance(payload, dict)
@@ -74,11 +74,16 @@ async def test_thin_slice_fields_arrive_upstream_exactly_once(tmp_path: Path):
     scrap_encode, scrap = events[1], events[2]
     assert scrap_encode["key"] == f"{scrap['key']}#encode"
     scrapped = scrap["payload"]["args"]["SerialNumbers"]  # type: ignore[index]
-    returned = events[3]["payload"]["SerialNumbers"]  # type: ignore[index]
-    assert len({serial, *scrapped, *returned}) == 3  # three distinct printed numbers
+    # INIT closed the order: the printed, never scanned third number is reported encoded,
+    # then scrapped (never returned to the pool, where it could be handed out again)
+    close_encode, closed = events[3], events[4]
+    assert close_encode["key"] == f"{closed['key']}#encode"
+    unused = closed["payload"]["args"]["SerialNumbers"]  # type: ignore[index]
+    assert close_encode["payload"]["args"]["SerialNumbers"] == unused  # type: ignore[index]
+    assert len({serial, *scrapped, *unused}) == 3  # three distinct printed numbers
     assert states[(pool, serial)] == 7
     assert states[(pool, scrapped[0])] == 6  # LabelScrapped
-    assert states[(pool, returned[0])] == 1  # Unallocated: back in the pool
+    assert states[(pool, unused[0])] == 6  # LabelScrapped, not Unallocated
 
     # the gateway's side: nothing left pending, nothing dead, the result backup written
     conn = sqlite3.connect(root / "data" / "outbox.sqlite")

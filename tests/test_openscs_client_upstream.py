@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from asyncua import ua
 
 from adapters.epcis.builder import ObjectEvent, build_document
 from adapters.openscs.client import OpenScsClient
@@ -229,6 +230,31 @@ async def test_lost_reply_of_a_pool_return_is_not_a_dead_letter(tmp_path: Path) 
         # the same answer to a first attempt is a real refusal
         fresh = await up.deliver("pool", [msg("pool", "SNReturnAllocated", body)])
         assert fresh[0].outcome is Outcome.PERMANENT and "BadInvalidState" in fresh[0].reason
+
+
+async def test_a_split_pool_push_resent_after_a_failed_part_sends_the_rest(
+        tmp_path: Path) -> None:
+    """SNReturnAllocated of 4 split at MaxSNReturnable 2: part 1 applied, part 2 times out.
+    The resend meets Bad_InvalidState for part 1 (applied before) and must still send part 2."""
+    async with running_server(tmp_path / "srv", max_returnable=2) as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        up = OpenScsUpstream(client)
+        body = {"serials": ["S1", "S2", "S3", "S4"], "pool": ""}
+        srv.script["SNReturnAllocated"] = [None, ua.StatusCode(ua.StatusCodes.BadTimeout),
+                                           ua.StatusCode(ua.StatusCodes.BadInvalidState)]
+        try:
+            first = await up.deliver("pool", [StoredMessage(1, "pool", "SNReturnAllocated",
+                                                            "k1", body, 0.0, 0)])
+            assert [r.outcome for r in first] == [Outcome.RETRY]
+            again = await up.deliver("pool", [StoredMessage(1, "pool", "SNReturnAllocated",
+                                                            "k1", body, 0.0, 1)])
+            assert [r.outcome for r in again] == [Outcome.DONE]
+            applied = [tuple(rec["SNCollection"].SerialNumbers) for name, rec in srv.calls
+                       if name == "SNReturnAllocated" and "SNCollection" in rec]
+            assert applied == [("S1", "S2"), ("S3", "S4")]  # the part never applied went out
+        finally:
+            await client.close()
 
 
 async def test_per_manager_endpoints_and_the_spec_text_namespace(tmp_path: Path) -> None:

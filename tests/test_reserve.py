@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.reserve import Reserve
@@ -19,7 +20,7 @@ from gateway.errors import RemoteProtocolError
 from gateway.model import Refusal, SerialNumberState
 from gateway.outbox import Outbox
 from gateway.settings import DeliverySettings, OpenScsSettings, ReserveSettings, StoreSettings
-from tests.test_openscs_client_fixture import wait_until
+from tests.test_openscs_client_fixture import running_server, wait_until
 from tools.faultproxy import FaultProxy
 from tools.openscs_server.server import ReferenceServer
 
@@ -85,7 +86,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await server.stop()
 
 
-async def test_reserve_prints_through_an_outage_and_returns_unused(rig: Rig) -> None:
+async def test_reserve_prints_through_an_outage_and_scraps_printed_unused(rig: Rig) -> None:
     await rig.reserve.run_once()
     assert rig.reserve.level(GTIN) == 30
     assert rig.board.health["reserve_level"] == {GTIN: 30}
@@ -121,18 +122,21 @@ async def test_reserve_prints_through_an_outage_and_returns_unused(rig: Rig) -> 
     stats = await rig.outbox.stats()
     assert stats.pending == 1
 
-    # upstream back: the return is delivered and the reserve refills
+    # upstream back: the printed, never used labels are reported encoded then scrapped (they
+    # may be on labels: never back in the pool) and the reserve refills with other numbers
     await rig.proxy.set_mode("pass")
     delivery = Delivery(rig.outbox, OpenScsUpstream(rig.client),
                         DeliverySettings(retry_initial_s=0.05, retry_max_s=0.2), rig.board)
     task = asyncio.create_task(delivery.serve())
     try:
         unused = set(printed[10:] + more)
-        await wait_until(lambda: all(rig.states().get(s) == SerialNumberState.Unallocated
+        await wait_until(lambda: all(rig.states().get(s) == SerialNumberState.LabelScrapped
                                      for s in unused), 30)
         assert all(rig.states()[s] == SerialNumberState.Allocated for s in used)
         await rig.reserve.run_once()
         assert rig.reserve.level(GTIN) == 30 and not rig.reserve.last_error
+        fresh = await rig.take("ORDER-2", 30)
+        assert not set(fresh) & set(printed + more)  # no number printed twice
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -179,3 +183,25 @@ async def test_serve_refills_when_a_print_drains_the_reserve(rig: Rig) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_refill_that_fails_on_a_later_page_keeps_the_earlier_pages(
+        tmp_path: Path) -> None:
+    """SNRequestAllocated split at MaxSNRequestable 5: pages 1 and 2 arrive, page 3 times out.
+    The 10 serial numbers handed out (Allocated upstream) are kept in the reserve."""
+    async with running_server(tmp_path / "srv", max_requestable=5) as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=15))
+        srv.script["SNRequestAllocated"] = [None, None, ua.StatusCode(ua.StatusCodes.BadTimeout)]
+        try:
+            await reserve.run_once()
+            assert srv.next_serial - 1 == 10  # what the server handed out
+            assert reserve.level("G") == 10 and "BadTimeout" in reserve.last_error
+            taken = await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "G", 10))
+            assert sorted(taken.hook_result) == [f"SN{n:06d}" for n in range(1, 11)]
+        finally:
+            await client.close()
+            await outbox.close()

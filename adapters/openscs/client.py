@@ -417,8 +417,14 @@ class OpenScsClient:
         return await self.request(SerialNumberState.Allocated, count, **kw)
 
     async def pool_push(self, method: str, collection: SNCollection, *, selection: str = "",
-                        sn_format: str | None = None) -> CallResult:
-        """SNReturn*/SNto* with an SNCollection, split at MaxSNReturnable/MaxSNPushable."""
+                        sn_format: str | None = None, resend: bool = False) -> CallResult:
+        """SNReturn*/SNto* with an SNCollection, split at MaxSNReturnable/MaxSNPushable.
+
+        Pool methods carry no idempotency key (the specification gives them no context).
+        ``resend=True`` says an earlier attempt went unanswered: a part answered
+        Bad_InvalidState (its serial numbers are no longer in the state this push moves them
+        from) is taken as applied by that attempt, and the next part is sent; the others are
+        judged as usual. The rule is per part: a split push may have stopped after any part."""
         try:
             session = await self.manager(POOL)
         except (UpstreamError, TransportError) as exc:
@@ -428,12 +434,25 @@ class OpenScsClient:
         fmt = ua.Variant(sn_format or self.settings.sn_format, ua.VariantType.String)
         chunks = _chunks(collection.SerialNumbers, max_n)
         result = CallResult(Verdict(Decision.DONE), calls=0)
+        replayed = []
         for i, part in enumerate(chunks):
             coll = replace(collection, SerialNumbers=part)
             result = await self._status_call(POOL, method, [
                 ua.Variant(self._ext(session, coll)), crit, fmt], i + 1)
+            if not result.ok and resend and ": BadInvalidState" in result.verdict.reason:
+                log.warning("OPEN-SCS %s part %d/%d: Bad_InvalidState on a resend: taken as "
+                            "applied by the unanswered attempt (%s)", method, i + 1,
+                            len(chunks), result.verdict.reason)
+                replayed.append(i + 1)
+                result = CallResult(Verdict(Decision.DONE, f"replay: {result.verdict.reason}"),
+                                    result.status, result.calls)
+                continue
             if not result.ok:
                 break
+        if result.ok and replayed:
+            result = CallResult(Verdict(Decision.DONE, f"{method}: replay: part(s) {replayed} of "
+                                        f"{len(chunks)} applied by an earlier attempt"),
+                                result.status, result.calls)
         return result
 
     async def sn_return_unallocated(self, c: SNCollection, **kw: str) -> CallResult:

@@ -15,10 +15,15 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     the upstream handed it out from, so that the event names that pool.
 ``close_order_in(conn, Ordnr)``
     ORDER (closing the previous order), INIT or an explicit close: serial numbers issued to
-    ``Ordnr`` and never used are marked for return. In the same commit nothing else is needed:
-    the reserve's ``serve()`` loop turns them into one ``pool``/``SNReturnAllocated`` outbox
-    message per selection, in a transaction that also deletes them from the reserve, and the
-    delivery loop sends it (exactly once in effect, like every outbox message).
+    ``Ordnr`` and never reported by DATA are marked closed-unused. They were handed to the
+    printer, so they may be on labels: they are NEVER given back to the pool (SNReturnAllocated
+    would make them Unallocated, and the upstream could hand them out again: the same number
+    on two labels). The reserve's ``serve()`` loop turns them into one ``event`` stream
+    message per (selection, pool, order): LabelsScrappingEvent, reported encoded first
+    (LabelsEncodingEvent, key ``<key>#encode``) as a DATA NOK on a printed serial is, in a
+    transaction that also deletes them from the reserve; the delivery loop sends it (exactly
+    once in effect, like every outbox message). Available serial numbers are not tied to an
+    order and stay in the reserve.
 
 ``serve()`` (the supervisor's service) keeps every selection (``reserve.selections`` plus those
 PRINT has asked for) above ``low_water`` by requesting up to ``fill_to`` with SNRequestAllocated
@@ -26,8 +31,8 @@ PRINT has asked for) above ``low_water`` by requesting up to ``fill_to`` with SN
 that ``level(selection)`` / ``levels()`` report to the status board. A refill that fails (upstream
 down) is retried on the next round; printing goes on from what is left.
 
-Row states: 0 available, 1 issued to an order, 3 to be returned. Used and returned serial
-numbers are deleted.
+Row states: 0 available, 1 issued to an order (printed), 3 closed unused (to be reported
+scrapped). Used and reported serial numbers are deleted.
 """
 
 from __future__ import annotations
@@ -50,14 +55,16 @@ from gateway.settings import ReserveSettings
 
 log = logging.getLogger(__name__)
 
-AVAILABLE, ISSUED, RETURNING = 0, 1, 3
+AVAILABLE, ISSUED, CLOSED_UNUSED = 0, 1, 3
+RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, not returned
 STREAM_POOL = "pool"
+STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserve_serials (
     serial TEXT PRIMARY KEY,
     selection TEXT NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 to be returned
+    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 closed unused
     ordnr TEXT NOT NULL DEFAULT '',
     pool_id TEXT NOT NULL DEFAULT '',  -- AssociatedPoolID the upstream handed them out from
     added_at REAL NOT NULL
@@ -65,6 +72,10 @@ CREATE TABLE IF NOT EXISTS reserve_serials (
 CREATE INDEX IF NOT EXISTS reserve_by_state ON reserve_serials (selection, state, added_at);
 CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
+
+
+class _NothingLeft(Exception):
+    """Raised in a hook to commit nothing (the job is rolled back)."""
 
 
 class OutboxLike(Protocol):
@@ -153,13 +164,13 @@ class Reserve:
         return (str(row[0]), str(row[1])) if row is not None else None
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
-        """Order closed: its issued, unused serial numbers will be returned upstream."""
+        """Order closed: its printed, unused serial numbers will be reported scrapped."""
         self._ensure(conn)
         cur = conn.execute("UPDATE reserve_serials SET state=? WHERE ordnr=? AND state=?",
-                           (RETURNING, ordnr, ISSUED))
+                           (CLOSED_UNUSED, ordnr, ISSUED))
         if cur.rowcount:
-            log.info("order %s closed: %d unused serial number(s) to return", ordnr,
-                     cur.rowcount)
+            log.info("order %s closed: %d printed serial number(s) never used, to be reported "
+                     "scrapped", ordnr, cur.rowcount)
             self._poke()
 
     def _poke(self) -> None:
@@ -217,14 +228,18 @@ class Reserve:
                                             token=self._tokens.pop(selection, ""))
         if result.token:
             self._tokens[selection] = result.token
+        serials = result.serials
         if result.verdict.decision not in (Decision.DONE, Decision.PARTIAL):
             self.last_error = result.verdict.reason
-            log.warning("reserve %r: refill of %d failed (%s); %d left", selection, count,
-                        result.verdict.reason, self.level(selection))
-            return 0
-        self.last_error = "" if result.verdict.decision is Decision.DONE else \
-            result.verdict.reason
-        serials = result.serials
+            log.warning("reserve %r: refill of %d failed (%s)%s; %d left", selection, count,
+                        result.verdict.reason, f" after {len(serials)} arrived" if serials
+                        else "", self.level(selection))
+            if not serials:
+                return 0
+            # earlier pages were handed out (Allocated upstream): keep them, or they are lost
+        else:
+            self.last_error = "" if result.verdict.decision is Decision.DONE else \
+                result.verdict.reason
         coll = result.collection
         pool_id = (coll.AssociatedPoolID or coll.ID) if coll is not None else ""
         now = time.time()
@@ -248,11 +263,12 @@ class Reserve:
         return added
 
     async def queue_returns(self) -> int:
-        """Turn serial numbers marked for return into SNReturnAllocated outbox messages."""
+        """Turn the closed orders' printed, unused serial numbers into LabelsScrappingEvent
+        outbox messages (reported encoded first); returns how many serial numbers."""
         def read(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
             return conn.execute("SELECT selection, pool_id, ordnr, serial FROM reserve_serials "
                                 "WHERE state=? ORDER BY selection, pool_id, ordnr, added_at, "
-                                "serial", (RETURNING,)).fetchall()
+                                "serial", (CLOSED_UNUSED,)).fetchall()
 
         rows = await self._hook(read)
         groups: dict[tuple[str, str, str], list[str]] = {}
@@ -260,25 +276,37 @@ class Reserve:
             groups.setdefault((selection, pool_id, ordnr), []).append(serial)
         for (selection, pool_id, ordnr), serials in groups.items():
             digest = hashlib.sha256("\n".join(serials).encode()).hexdigest()[:16]
-            body: dict[str, object] = {"serials": serials, "pool": selection,
-                                       "context": {"Ordnr": ordnr, "reason": "order closed"}}
+            body: dict[str, object] = {
+                "serials": serials, "pool": selection, "encode_first": True,
+                "context": {"Ordnr": ordnr, "reason": "order closed: printed, never used"}}
             if pool_id:
                 body["pool_id"] = pool_id
-            message = NewMessage(STREAM_POOL, "SNReturnAllocated",
-                                 f"reserve-return:{ordnr}:{selection}:{digest}", body)
+            message = NewMessage(STREAM_EVENTS, "LabelsScrappingEvent",
+                                 f"reserve-scrap:{ordnr}:{selection}:{digest}", body)
 
-            def delete(conn: sqlite3.Connection, serials: list[str] = serials) -> None:
-                conn.executemany("DELETE FROM reserve_serials WHERE serial=? AND state=?",
-                                 [(s, RETURNING) for s in serials])
+            def take(conn: sqlite3.Connection, body: dict[str, object] = body,
+                     group: tuple[str, str, str] = (selection, pool_id, ordnr)) -> None:
+                # read again in the commit: a DATA may have used one of them meanwhile
+                still = [r[0] for r in conn.execute(
+                    "SELECT serial FROM reserve_serials WHERE selection=? AND pool_id=? AND "
+                    "ordnr=? AND state=? ORDER BY added_at, serial", (*group, CLOSED_UNUSED))]
+                if not still:
+                    raise _NothingLeft
+                conn.execute("DELETE FROM reserve_serials WHERE selection=? AND pool_id=? AND "
+                             "ordnr=? AND state=?", (*group, CLOSED_UNUSED))
+                body["serials"] = still
 
             try:
-                await self._outbox.submit([message], hook=delete)
+                await self._outbox.submit([message], hook=take)
+            except _NothingLeft:
+                continue
             except StoreFull as exc:
-                log.warning("reserve: cannot queue the return of %d serial number(s) of "
-                            "order %s yet: %s", len(serials), ordnr, exc)
+                log.warning("reserve: cannot queue the scrapping of %d printed serial number(s) "
+                            "of order %s yet: %s", len(serials), ordnr, exc)
                 return 0
-            log.info("reserve: queued SNReturnAllocated of %d serial number(s) of order %s "
-                     "(selection %r)", len(serials), ordnr, selection)
+            log.info("reserve: order %s closed with %d printed serial number(s) never used "
+                     "(selection %r): queued LabelsEncodingEvent + LabelsScrappingEvent",
+                     ordnr, len(body["serials"]), selection)  # type: ignore[arg-type]
         return len(rows)
 
     async def _hook(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:

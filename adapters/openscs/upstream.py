@@ -186,19 +186,11 @@ class OpenScsUpstream:
                                  sn_format=sn_format)
         if kind in POOL_STATES:
             coll = sn_collection(body, _state(body, POOL_STATES[kind]))
-            result = await c.pool_push(kind, coll, selection=_str(body, "pool"),
-                                       sn_format=_str(body, "sn_format") or None)
-            if (not result.ok and message.attempts > 0
-                    and ": BadInvalidState" in result.verdict.reason):
-                # Pool methods carry no idempotency key (the specification gives them no
-                # context). An earlier attempt went unanswered; the serial numbers are no
-                # longer in the state this push moves them from: that attempt was applied.
-                log.warning("OPEN-SCS %s %s: Bad_InvalidState on a resend after %d unanswered "
-                            "attempt(s): taken as the earlier attempt applied (%s)", kind,
-                            message.key, message.attempts, result.verdict.reason)
-                return CallResult(Verdict(Decision.DONE, f"replay: {result.verdict.reason}"),
-                                  result.status, result.calls)
-            return result
+            # no idempotency key for pool methods: on a resend, a part the earlier attempt
+            # applied answers Bad_InvalidState and counts as done (see pool_push)
+            return await c.pool_push(kind, coll, selection=_str(body, "pool"),
+                                     sn_format=_str(body, "sn_format") or None,
+                                     resend=message.attempts > 0)
         if kind in AGGREGATION_KINDS:
             return await c.aggregation(
                 kind, aggregations(body), context=_context(body, message.key),
