@@ -30,12 +30,24 @@ USER, PASSWORD = "line", "s3cret"
 
 
 class _Users(UserManager):
+    """USER/PASSWORD, or an X.509 user certificate registered in ``x509_users`` (DER). asyncua
+    hands an anonymous token the channel's application certificate too: only a registered user
+    certificate makes an X.509 user. Each accepted login is appended to ``logins``."""
+
+    def __init__(self, x509_users: dict[bytes, str], logins: list[str]) -> None:
+        self.x509_users, self.logins = x509_users, logins
+
     def get_user(self, iserver, username=None, password=None, certificate=None):
-        if username == USER and password == PASSWORD:
-            return User(role=UserRole.User, name=username)
-        if certificate is not None and username is None:
-            return User(role=UserRole.User, name="x509")
-        return None
+        name = None
+        if username is not None:
+            name = username if (username, password) == (USER, PASSWORD) else None
+        elif certificate is not None:
+            found = self.x509_users.get(bytes(certificate))
+            name = f"x509:{found}" if found else None
+        if name is None:
+            return None
+        self.logins.append(name)
+        return User(role=UserRole.User, name=name)
 
 
 @dataclass
@@ -56,6 +68,8 @@ class ScsServer:
     tokens: dict[str, int] = field(default_factory=dict)
     files: dict[int, bytearray] = field(default_factory=dict)
     documents: list[bytes] = field(default_factory=list)
+    x509_users: dict[bytes, str] = field(default_factory=dict)  # user certificate DER -> name
+    logins: list[str] = field(default_factory=list)  # accepted identities, in order
     server: Server | None = None
     ns: int = 0
 
@@ -87,7 +101,7 @@ class ScsServer:
     async def start(self) -> None:
         certs.ensure_application_certificate(self.cert_file, self.root / "server_key.pem",
                                              "urn:linegate:test-openscs-server", server=True)
-        server = Server(user_manager=_Users())
+        server = Server(user_manager=_Users(self.x509_users, self.logins))
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("test OPEN-SCS")

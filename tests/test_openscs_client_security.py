@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from adapters.openscs import certs
 from adapters.openscs.client import OpenScsClient
@@ -129,4 +131,11 @@ async def test_x509_user_identity(scs: ScsServer, tmp_path: Path) -> None:
     certs.ensure_application_certificate(user_cert, user_key, "urn:linegate:user:line")
     settings = scs.settings(tmp_path, username=None, password_file=None,
                             user_certificate_file=user_cert, user_private_key_file=user_key)
+    with pytest.raises(UpstreamError, match="refused the session"):  # not registered yet
+        await OpenScsClient(settings).connect()
+    der = x509.load_pem_x509_certificate(user_cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    scs.x509_users[der] = "line"
+    before = len(scs.logins)
     await _roundtrip(settings)
+    assert scs.logins[before:] == ["x509:line"]  # an X509IdentityToken, not anonymous
