@@ -253,7 +253,16 @@ class Reserve:
                              [(s, selection, AVAILABLE, pool_id, now) for s in serials])
             return conn.total_changes - before
 
-        added = await self._hook(insert) if serials else 0
+        try:
+            added = await self._hook(insert) if serials else 0
+        except StoreFull as exc:
+            # handed out upstream (Allocated) but not storable here: say which, so that an
+            # operator can return them (SNReturnAllocated) once space is back
+            log.error("reserve %r: %d serial number(s) handed out by the upstream could not be "
+                      "stored (%s); they stay Allocated upstream: %s", selection, len(serials),
+                      exc.reason, ",".join(serials))
+            self.last_error = exc.reason
+            return 0
         if added != len(serials):
             log.error("reserve %r: upstream handed out %d serial number(s) already in the "
                       "reserve", selection, len(serials) - added)
