@@ -88,10 +88,14 @@ class Outbox:
         self.high_water = False
         self.full_reason: str | None = None
         self.backlog_at_open = 0
+        self.read_only = False
+        self._reserve = Path(f"{self.path}.reserve")
+        # writer thread: True while the disk reserve is given back (or could not be made)
+        self._reserve_out: bool | None = None
         self._writer = GroupCommitWriter(
             conn, wexec, window_s=settings.group_commit_window_ms / 1000.0,
             where=str(self.path), synchronous=settings.synchronous, capacity=self._capacity,
-            committed=self._on_commit)
+            committed=self._on_commit, disk_full=self._on_disk_full, tidy=self._tidy)
         self._conn = conn
 
     # ------------------------------------------------------------------ open / close
@@ -105,13 +109,14 @@ class Outbox:
         wexec = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
         rexec = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         try:
-            conn = await loop.run_in_executor(wexec, cls._open_sync, path, settings)
+            conn = await loop.run_in_executor(wexec, cls._open_full_disk, path, settings)
             reader = await loop.run_in_executor(rexec, _connect, path, settings)
         except BaseException:
             wexec.shutdown(wait=False)
             rexec.shutdown(wait=False)
             raise
         self = cls(settings, conn, reader, wexec, rexec, dedup_window, clock)
+        await loop.run_in_executor(wexec, self._open_reserve)
         self._writer.start()
         stats = await self.stats()
         self.backlog_at_open = stats.pending
@@ -120,6 +125,37 @@ class Outbox:
                  len(stats.streams), stats.dead, stats.oldest_pending_age_s,
                  fmt_bytes(stats.bytes))
         return self
+
+    def _open_reserve(self) -> None:
+        """Writer thread, at open: keep or make the disk reserve; without it, refuse work."""
+        size = self.settings.disk_reserve_bytes
+        if self._reserve_present(self._reserve, size):
+            self._reserve_out = False
+            return
+        try:
+            made = self._make_reserve(self._disk()[0])
+        except OSError as exc:
+            log.warning("cannot check the free space for the outbox disk reserve: %s", exc)
+            made = False
+        if not made:
+            self._reserve_out = True
+            log.error("no room for the outbox disk reserve %s (%s): new work is refused until "
+                      "%.1f MB are free under %s", self._reserve, fmt_bytes(size),
+                      self._reserve_room() / 1e6, self.path.parent)
+
+    @classmethod
+    def _open_full_disk(cls, path: Path, settings: StoreSettings) -> sqlite3.Connection:
+        """_open_sync; on a full disk, give back the disk reserve (made for this) and retry."""
+        try:
+            return cls._open_sync(path, settings)
+        except StoreFull:
+            reserve = Path(f"{path}.reserve")
+            if not reserve.exists():
+                raise
+            log.error("DISK FULL under %s at open: giving back the outbox disk reserve %s",
+                      path, reserve)
+            reserve.unlink()
+            return cls._open_sync(path, settings)
 
     @staticmethod
     def _open_sync(path: Path, settings: StoreSettings) -> sqlite3.Connection:
@@ -150,6 +186,14 @@ class Outbox:
                                f"aside to {target}, not overwritten") from exc
         conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
         conn.execute("PRAGMA journal_size_limit = 4194304")  # truncate the WAL after checkpoints
+        if settings.disk_reserve_bytes:
+            # New pages live in the WAL until a checkpoint copies them into the database file,
+            # which then grows by as much: keep that under a quarter of the disk reserve, so
+            # that on a full disk the given-back reserve always covers the checkpoint plus a
+            # delivery batch's deletes (default 1000 pages; 512 for the default 8 MiB reserve)
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = max(16, min(1000, settings.disk_reserve_bytes // page // 4))
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # an old file: convert once
             log.warning("%s: converting to incremental auto-vacuum (one-time VACUUM)", path)
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -203,33 +247,51 @@ class Outbox:
                 pass
         return (pages - free) * page_size, on_disk
 
+    def _disk(self) -> tuple[int, int]:
+        """(bytes free for us, total bytes) of the file system holding the store."""
+        vfs = os.statvfs(self.path.parent)
+        return vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+
+    def _assess(self, live: int, free: int, total: int) -> tuple[str | None, bool]:
+        """(the StoreFull reason or None, high water) for these sizes; changes nothing."""
+        s = self.settings
+        min_free = s.min_free_disk_mb * 1_000_000
+        reason = None
+        if live >= s.max_bytes:
+            reason = (f"store full: outbox {fmt_bytes(live)} reached store.max_bytes "
+                      f"({fmt_bytes(s.max_bytes)}); the backlog must drain upstream first")
+        elif free <= min_free:
+            reason = (f"store full: only {free / 1e6:.1f} MB free on the disk holding "
+                      f"{self.path} (store.min_free_disk_mb = {s.min_free_disk_mb}); free "
+                      "disk space")
+        elif self._reserve_out:
+            reason = self._reserve_reason(free)
+        pct = s.high_water_percent / 100.0
+        # the disk's high water is relative to what may be used before min_free refuses work
+        usable = total - min_free
+        disk_high = usable <= 0 or total - free >= pct * usable
+        high = reason is not None or live >= pct * s.max_bytes or disk_high
+        return reason, high
+
     def _capacity(self) -> str | None:
         """Writer thread: the StoreFull reason when a limit is reached; tracks high water."""
         s = self.settings
         try:
             live, _ = self._sizes(self._conn)
-            vfs = os.statvfs(self.path.parent)
+            free, total = self._disk()
+            if self._reserve_out and self._make_reserve(free):
+                free, total = self._disk()
         except OSError as exc:  # a transient I/O error must not stop the writer: keep the
             log.warning("outbox capacity check failed (%s); keeping the last known state "
                         "(%s)", exc, self.full_reason or "accepting work")
             return self.full_reason
-        free_mb = vfs.f_bavail * vfs.f_frsize / 1e6
-        total = vfs.f_blocks * vfs.f_frsize
-        reason = None
-        if live >= s.max_bytes:
-            reason = (f"store full: outbox {fmt_bytes(live)} reached store.max_bytes "
-                      f"({fmt_bytes(s.max_bytes)}); the backlog must drain upstream first")
-        elif free_mb <= s.min_free_disk_mb:
-            reason = (f"store full: only {free_mb:.1f} MB free on the disk holding {self.path} "
-                      f"(store.min_free_disk_mb = {s.min_free_disk_mb}); free disk space")
-        pct = s.high_water_percent / 100.0
-        used_fraction = 1.0 - vfs.f_bavail * vfs.f_frsize / total if total else 0.0
-        high = reason is not None or live >= pct * s.max_bytes or used_fraction >= pct
+        reason, high = self._assess(live, free, total)
         if high and not self.high_water:
-            log.warning("outbox high water: %s of store.max_bytes %s, disk %.0f%% used (warns "
-                        "at %d%%); new work is refused when a limit is reached",
-                        fmt_bytes(live), fmt_bytes(s.max_bytes), used_fraction * 100,
-                        s.high_water_percent)
+            log.warning("outbox high water: %s of store.max_bytes %s, disk %.0f%% used, %.1f MB "
+                        "free (warns at %d%% of either limit; store.min_free_disk_mb = %d); "
+                        "new work is refused when a limit is reached", fmt_bytes(live),
+                        fmt_bytes(s.max_bytes), 100.0 * (total - free) / total if total else 0,
+                        free / 1e6, s.high_water_percent, s.min_free_disk_mb)
         elif not high and self.high_water:
             log.info("outbox back below high water (%s)", fmt_bytes(live))
         self.high_water = high
@@ -240,6 +302,93 @@ class Outbox:
                 log.warning("outbox accepts new work again (%s)", fmt_bytes(live))
         self.full_reason = reason
         return reason
+
+    # ------------------------------------------------------------------ disk reserve
+
+    def _reserve_reason(self, free: int) -> str:
+        return (f"store full: the disk holding {self.path} is full; the outbox has no disk "
+                f"reserve ({self._reserve}, {fmt_bytes(self.settings.disk_reserve_bytes)}: "
+                "given back so that delivery goes on and frees space), and accepts new work "
+                f"when {self._reserve_room() / 1e6:.1f} MB are free ({free / 1e6:.1f} MB now)")
+
+    def _reserve_room(self) -> int:
+        """Free bytes needed to (re)make the reserve: min_free + twice the reserve, so that
+        at least one reserve's worth stays free afterwards (no flapping at the edge)."""
+        s = self.settings
+        return s.min_free_disk_mb * 1_000_000 + 2 * s.disk_reserve_bytes
+
+    @staticmethod
+    def _reserve_present(reserve: Path, size: int) -> bool:
+        try:
+            return size == 0 or reserve.stat().st_size >= size
+        except FileNotFoundError:
+            return False
+
+    def _make_reserve(self, free: int) -> bool:
+        """Writer thread: (re)make the reserve file when there is room; True when made."""
+        size = self.settings.disk_reserve_bytes
+        if free < self._reserve_room():
+            return False
+        chunk = b"\0" * 65536
+        try:
+            with open(self._reserve, "wb") as f:  # written, not sparse: the blocks are ours
+                for done in range(0, size, len(chunk)):
+                    f.write(chunk[: size - done])
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self._reserve.unlink(missing_ok=True)
+            log.warning("cannot make the outbox disk reserve %s: %s", self._reserve, exc)
+            return False
+        if self._reserve_out is not None:  # None: at open
+            log.warning("outbox disk reserve %s (%s) made again: the disk has room",
+                        self._reserve, fmt_bytes(size))
+        self._reserve_out = False
+        return True
+
+    def _on_disk_full(self, conn: sqlite3.Connection) -> bool:
+        """Writer thread, after SQLITE_FULL: give back the reserve and checkpoint the WAL.
+
+        True when that freed space (the writer then retries the delivery results)."""
+        released = False
+        if not self._reserve_out and self.settings.disk_reserve_bytes:
+            try:
+                self._reserve.unlink()
+                released = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot give back the outbox disk reserve %s: %s", self._reserve, exc)
+            self._reserve_out = True
+            self.full_reason = self._reserve_reason(0)  # refuse new work from now on
+            log.error("DISK FULL under %s: gave back the %s outbox disk reserve so that delivery "
+                      "can record results and free space; new work is refused until %.1f MB "
+                      "are free", self.path, fmt_bytes(self.settings.disk_reserve_bytes),
+                      self._reserve_room() / 1e6)
+        before = self._wal_bytes()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpoint after a full disk failed too: %s", exc)
+        return released or self._wal_bytes() < before
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _tidy(self, conn: sqlite3.Connection) -> None:
+        """Writer thread, after a commit: while the reserve is out, give the space of what was
+        delivered back to the file system at once and make the reserve again when it fits."""
+        if not self._reserve_out:
+            return
+        try:
+            conn.executescript("PRAGMA incremental_vacuum;")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._make_reserve(self._disk()[0])
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("outbox: reclaiming space on a full disk: %s", exc)
 
     # ------------------------------------------------------------------ submit
 
@@ -446,12 +595,21 @@ class Outbox:
     async def stats(self) -> OutboxStats:
         now = self._clock()
 
-        def read(c: sqlite3.Connection) -> tuple[list[Any], tuple[int, int]]:
+        def read(c: sqlite3.Connection) -> tuple[list[Any], tuple[int, int],
+                                                 tuple[int, int] | None]:
             rows = c.execute("SELECT stream, state, COUNT(*), MIN(created_at) FROM messages "
                              "GROUP BY stream, state").fetchall()
-            return rows, self._sizes(c)
+            try:
+                disk: tuple[int, int] | None = self._disk()
+            except OSError:
+                disk = None
+            return rows, self._sizes(c), disk
 
-        rows, (live, on_disk) = await self._read(read)
+        rows, (live, on_disk), disk = await self._read(read)
+        # the capacity state as of now (changes nothing): it clears as soon as the store
+        # drained, and a CLI process (which submits nothing) shows it too
+        full_reason, high = ((self.full_reason, self.high_water) if disk is None
+                             else self._assess(live, *disk))
         streams: dict[str, dict[str, int]] = {}
         oldest: float | None = None
         for stream, st, count, first in rows:
@@ -464,4 +622,5 @@ class Outbox:
             streams=streams, pending=total["pending"], delivered=total["delivered"],
             dead=total["dead"], oldest_pending_age_s=max(0.0, now - oldest) if oldest else 0.0,
             bytes=live, file_bytes=on_disk, max_bytes=self.settings.max_bytes,
-            high_water=self.high_water, full_reason=self.full_reason, commits=self.commits)
+            high_water=high, full_reason=full_reason,
+            commits=None if self.read_only else self.commits)

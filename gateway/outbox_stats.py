@@ -49,7 +49,7 @@ class OutboxStats:
     max_bytes: int = 0
     high_water: bool = False
     full_reason: str | None = None
-    commits: int = 0
+    commits: int | None = 0  # committed by this process; None when opened read-only (CLI)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -12,9 +12,13 @@ therefore be re-runnable (plain functions of the connection).
 
 SQLITE_FULL (the disk filled up) may roll back the whole transaction by itself (SQLite
 documents that it "might or might not" do so): the writer then re-runs the other jobs of the
-batch in a fresh transaction and fails only the job that hit the wall, with StoreFull. A failed
-COMMIT is rolled back; jobs that added messages get StoreFull and the rest are retried once.
-Nothing half-written is ever committed, so the file stays consistent.
+batch in a fresh transaction and fails only the job that hit the wall, with DiskFull (a
+StoreFull). A failed COMMIT is rolled back; jobs that added messages get DiskFull and the rest
+are retried once. Nothing half-written is ever committed, so the file stays consistent.
+After SQLITE_FULL the writer calls ``disk_full`` (the outbox gives back its disk reserve and
+checkpoints the WAL) and, when that freed space, runs the failed jobs that add no messages
+(delivery results: they are what frees space) once more. After each committed group it calls
+``tidy`` (the outbox reclaims space while its reserve is given back).
 """
 
 from __future__ import annotations
@@ -41,10 +45,16 @@ def is_disk_full(exc: BaseException) -> bool:
     return (code is not None and code & 0xFF == SQLITE_FULL) or "disk is full" in str(exc)
 
 
+class DiskFull(StoreFull):
+    """A real SQLITE_FULL (not a capacity limit of the settings)."""
+
+
 def map_error(exc: BaseException, where: str) -> BaseException:
-    """SQLITE_FULL becomes StoreFull with a reason a technician can act on."""
+    """SQLITE_FULL becomes DiskFull with a reason a technician can act on."""
+    if isinstance(exc, StoreFull):
+        return exc
     if isinstance(exc, sqlite3.Error) and is_disk_full(exc):
-        return StoreFull(f"store full: the disk holding {where} is full (SQLITE_FULL); free "
+        return DiskFull(f"store full: the disk holding {where} is full (SQLITE_FULL); free "
                          "space there (or lower the backlog) and new work is accepted again")
     return exc
 
@@ -64,7 +74,9 @@ class GroupCommitWriter:
     def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *,
                  window_s: float, where: str, synchronous: str,
                  capacity: Callable[[], str | None],
-                 committed: Callable[[frozenset[str]], None]) -> None:
+                 committed: Callable[[frozenset[str]], None],
+                 disk_full: Callable[[sqlite3.Connection], bool] = lambda conn: False,
+                 tidy: Callable[[sqlite3.Connection], None] = lambda conn: None) -> None:
         self._conn = conn
         self._executor = executor
         self._window_s = window_s
@@ -73,6 +85,8 @@ class GroupCommitWriter:
         self._where = where
         self._capacity = capacity  # called in the writer thread: a StoreFull reason or None
         self._committed = committed  # called in the loop with the streams that got messages
+        self._disk_full = disk_full  # writer thread, no transaction open: True = space freed
+        self._tidy = tidy  # writer thread, no transaction open, after a committed group
         self._queue: list[_Pending] = []
         self._kick = asyncio.Event()
         self._closing = False
@@ -147,8 +161,6 @@ class GroupCommitWriter:
                     log.error("outbox writer: batch of %d failed: %r", len(batch), exc)
                 mapped = map_error(exc, self._where)
                 outcomes = [(False, mapped)] * len(batch)
-            if any(not ok and isinstance(v, StoreFull) for ok, v in outcomes):
-                await self._checkpoint_after_full()
             streams: set[str] = set()
             for pending, (ok, value) in zip(batch, outcomes, strict=True):
                 if ok:
@@ -163,21 +175,31 @@ class GroupCommitWriter:
             if streams:
                 self._committed(frozenset(streams))
 
-    async def _checkpoint_after_full(self) -> None:
-        """The WAL may hold most of the space: copy it back and restart it from the top."""
-        try:
-            await self.call(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-        except sqlite3.Error as exc:
-            log.warning("checkpoint after a full disk failed too: %s", exc)
-
     # ------------------------------------------------------------------ writer thread
 
     def _commit(self, batch: list[_Pending]) -> list[tuple[bool, object]]:
+        outcomes = self._commit_once(batch)
+        if any(not ok and isinstance(v, DiskFull) for ok, v in outcomes):
+            # Give back what can be given back, then let the jobs that add nothing (delivery
+            # results, which free space) try once more; submits stay refused.
+            again = [i for i, (ok, v) in enumerate(outcomes)
+                     if not ok and isinstance(v, DiskFull) and not batch[i].adds_messages]
+            if self._disk_full(self._conn) and again:
+                for i, outcome in zip(again, self._commit_once([batch[i] for i in again]),
+                                      strict=True):
+                    outcomes[i] = outcome
+        if any(ok for ok, _ in outcomes):
+            self._tidy(self._conn)
+        return outcomes
+
+    def _commit_once(self, batch: list[_Pending]) -> list[tuple[bool, object]]:
         try:
             return self._commit_batch(batch)
-        except Exception:
+        except Exception as exc:
             if self._conn.in_transaction:  # never leave the connection inside a transaction
                 self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # BEGIN (or a capacity query) failed
+                return [(False, map_error(exc, self._where))] * len(batch)
             raise
 
     def _commit_batch(self, batch: list[_Pending]) -> list[tuple[bool, object]]:

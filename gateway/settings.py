@@ -106,7 +106,12 @@ class StoreSettings:
         "crash, may lose the last commits on power loss.")
     max_bytes: int = _f(1_073_741_824, "Outbox size at which new work is refused.", min=65536)
     min_free_disk_mb: int = _f(100, "Free disk below which new work is refused.", min=0)
-    high_water_percent: int = _f(80, "Warn (log + status) at this percentage of either limit.",
+    disk_reserve_bytes: int = _f(
+        8_388_608, "Space kept in <store.path>.reserve and given back when the disk is full so "
+        "that delivery can still commit results and free space; new work is refused until it "
+        "can be made again (0 = none: a full disk may then stop delivery too).", min=0)
+    high_water_percent: int = _f(80, "Warn (log + status) at this percentage of either limit "
+                                 "(of the disk: of its size less min_free_disk_mb).",
                                  min=1, max=99)
     group_commit_window_ms: float = _f(2.0, "How long a commit waits for other writers to "
                                        "join it.", min=0.0, max=1000.0)

@@ -30,7 +30,15 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def run_checks(s: Settings) -> list[Check]:
-    return [*_ordering(s), *_addresses(s), *_ports(s), *_upstream(s), *_status_server(s)]
+    return [*_ordering(s), *_addresses(s), *_ports(s), *_upstream(s), *_status_server(s),
+            *_store(s)]
+
+
+def _store(s: Settings) -> Iterator[Check]:
+    if s.store.disk_reserve_bytes == 0:
+        yield (("store", "disk_reserve_bytes"),
+               "0: no disk reserve; a disk filled to the last byte (by the outbox or by anything "
+               "else) can stop delivery too until space is freed by hand", "warning", ())
 
 
 def _ordering(s: Settings) -> Iterator[Check]:

@@ -204,6 +204,20 @@ async def test_capacity_limits_refuse_messages_but_not_duplicates(
     await ob.close()
 
 
+async def test_stats_show_the_capacity_state_of_now(tmp_path: Path) -> None:
+    ob = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite", max_bytes=65536))
+    with pytest.raises(StoreFull):
+        for i in range(2000):
+            await ob.submit([msg(i, blob="x" * 500)])
+    assert (await ob.stats()).full_reason
+    batch = await ob.pending("event", 1000)
+    await ob.record(batch, [DeliveryResult(Outcome.DONE)] * len(batch))
+    await ob.purge()
+    stats = await ob.stats()  # no submit since: still computed from the store as it is now
+    assert (stats.pending, stats.full_reason) == (0, None)
+    await ob.close()
+
+
 async def test_min_free_disk_refuses_with_reason(tmp_path: Path) -> None:
     ob = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite",
                                          min_free_disk_mb=10**9))
