@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import outbox_schema as schema
-from gateway.errors import StoreCorrupt, StoreFull
+from gateway.errors import LinegateError, StoreCorrupt, StoreFull
 from gateway.model import DeliveryResult, NewMessage, Origin, Outcome, StoredMessage
 from gateway.outbox_stats import DeadLetter, OutboxStats, SubmitResult, fmt_bytes
 from gateway.outbox_writer import GroupCommitWriter, is_disk_full
@@ -126,6 +126,64 @@ class Outbox:
                  fmt_bytes(stats.bytes))
         return self
 
+    @classmethod
+    async def open_read_only(cls, settings: StoreSettings) -> Outbox:
+        """Open only to read (the CLI's stats and dead list/show): no integrity check that
+        moves the file aside, no migration, no VACUUM, no disk reserve, no writer; works on a
+        full disk. Writing methods raise LinegateError."""
+        path = Path(settings.path)
+        loop = asyncio.get_running_loop()
+        wexec = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
+        rexec = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
+
+        def attempt(query: str) -> tuple[sqlite3.Connection, int]:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True,
+                                   isolation_level=None, check_same_thread=False, timeout=10.0)
+            try:
+                return conn, conn.execute("PRAGMA user_version").fetchone()[0]
+            except BaseException:
+                conn.close()
+                raise
+
+        def connect() -> sqlite3.Connection:
+            wal = Path(f"{path}-wal")
+            in_use = wal.exists() and wal.stat().st_size > 0
+            try:
+                try:
+                    conn, found = attempt("mode=ro")
+                except sqlite3.OperationalError:
+                    # WAL needs the -shm, which cannot be made on a full disk. Without a -wal
+                    # file no gateway has the store open (it keeps one while open), so the
+                    # file alone is the whole store: read it as immutable
+                    if in_use:
+                        raise
+                    conn, found = attempt("mode=ro&immutable=1")
+            except sqlite3.DatabaseError as exc:
+                code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    raise StoreCorrupt(f"outbox {path} failed to read as a database ({exc}); "
+                                       "left as it is (read-only); the gateway moves it aside "
+                                       "at its next start") from exc
+                raise LinegateError(f"outbox {path} cannot be read ({exc})") from exc
+            if found != schema.SCHEMA_VERSION:
+                conn.close()
+                raise StoreCorrupt(f"outbox {path} has schema version {found}, this gateway "
+                                   f"reads {schema.SCHEMA_VERSION}; left as it is (read-only): "
+                                   "the gateway migrates an older file at its next start")
+            return conn
+
+        try:
+            conn = await loop.run_in_executor(rexec, connect)
+        except BaseException:
+            wexec.shutdown(wait=False)
+            rexec.shutdown(wait=False)
+            raise
+        self = cls(settings, conn, conn, wexec, rexec, 4096, time.time)
+        self.read_only = True
+        self._reserve_out = not await loop.run_in_executor(
+            rexec, self._reserve_present, self._reserve, settings.disk_reserve_bytes)
+        return self
+
     def _open_reserve(self) -> None:
         """Writer thread, at open: keep or make the disk reserve; without it, refuse work."""
         size = self.settings.disk_reserve_bytes
@@ -215,6 +273,11 @@ class Outbox:
 
     async def close(self, *, checkpoint: bool = True) -> None:
         """Commit everything pending, checkpoint (unless told not to), and close the file."""
+        if self.read_only:
+            await asyncio.get_running_loop().run_in_executor(self._rexec, self._reader.close)
+            self._wexec.shutdown()
+            self._rexec.shutdown()
+            return
         await self._writer.close()
         loop = asyncio.get_running_loop()
         try:

@@ -2,6 +2,8 @@
 
 Safe next to a running gateway: the outbox is a WAL file, so reads never block it, and a
 ``dead retry`` is one small transaction (the running delivery notices it within seconds).
+``stats`` and ``dead list/show`` open the file read-only (no integrity move-aside, no
+migration, no VACUUM; they work on a full disk); a store error is one line and exit code 3.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import StoreCorrupt
+from gateway.errors import LinegateError
 from gateway.outbox import Outbox
 from gateway.outbox_stats import DeadLetter, OutboxStats, fmt_bytes
 
@@ -52,15 +55,20 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         print(f"no outbox at {path} (store.path); the gateway creates it on its first start",
               file=sys.stderr)
         return EXIT_STORE
+    # only `dead retry` writes; everything else opens read-only: it works on a full disk and
+    # never moves a corrupt file aside nor migrates or vacuums the gateway's file
+    read_only = not (args.outbox_command == "dead" and args.dead_command == "retry")
     try:
-        return asyncio.run(_with_outbox(settings.store, lambda ob: _dispatch(ob, args)))
-    except StoreCorrupt as exc:
+        return asyncio.run(_with_outbox(settings.store, lambda ob: _dispatch(ob, args),
+                                        read_only))
+    except (LinegateError, sqlite3.Error) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_STORE
 
 
-async def _with_outbox(store: Any, fn: Callable[[Outbox], Awaitable[int]]) -> int:
-    outbox = await Outbox.open(store)
+async def _with_outbox(store: Any, fn: Callable[[Outbox], Awaitable[int]],
+                       read_only: bool) -> int:
+    outbox = await (Outbox.open_read_only(store) if read_only else Outbox.open(store))
     try:
         return await fn(outbox)
     finally:
