@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
 from collections.abc import Iterator
 from typing import Literal
 
@@ -19,11 +20,6 @@ Level = Literal["error", "warning"]
 KeyPath = tuple[str | int, ...]
 Check = tuple[KeyPath, str, Level, tuple[KeyPath, ...]]
 
-# Fields the seed's status server publishes (seed 000). The gateway's health fields are added by
-# the status server (issue 6) and are not listed here yet, so any well-formed name is accepted.
-SEED_FIELDS = ("cmd", "computer", "disk_usage", "ip", "num_files", "result_class", "script",
-               "scripts_version", "user", "version", "clients")
-_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
                        r"[A-Za-z0-9])?)*")
 _WILDCARDS = ("0.0.0.0", "::", "")
@@ -123,17 +119,42 @@ def _upstream(s: Settings) -> Iterator[Check]:
         yield ((*base, "user_certificate_file"),
                "expected user_certificate_file and user_private_key_file together", "error",
                ((*base, "user_private_key_file"),))
+    # the session's identity (adapters/openscs/session.py refuses these at run time, where
+    # they would only show as deliveries that never start)
+    if up.username and up.password_file is None:
+        yield ((*base, "password_file"), "expected a password file with username "
+               f"\"{up.username}\" (a file of mode 0600 holding the password), got null",
+               "error", ((*base, "username"),))
+    elif up.password_file is not None and not up.username:
+        yield ((*base, "username"), "expected the user name the password_file belongs to, "
+               "got null", "error", ((*base, "password_file"),))
+    elif up.password_file is not None:
+        try:
+            mode = stat.S_IMODE(up.password_file.stat().st_mode)
+        except OSError as exc:
+            yield ((*base, "password_file"), f"{up.password_file}: {exc.strerror}", "error",
+                   ())
+        else:
+            if mode & 0o077:
+                yield ((*base, "password_file"), f"{up.password_file} has mode {mode:04o}: "
+                       f"expected 0600 (chmod 600 {up.password_file})", "error", ())
+    elif up.user_certificate_file is None and not up.allow_insecure:
+        yield ((*base, "username"), "no user identity: OPEN-SCS sessions must be "
+               "authenticated (spec 7.4.1), so nothing will be delivered until username + "
+               "password_file or user_certificate_file + user_private_key_file are set",
+               "warning", ())
 
 
 def _status_server(s: Settings) -> Iterator[Check]:
+    from gateway.status.fields import ALL_FIELDS  # (imports asyncua: only when checking)
+
     ua = s.opcua_server
     if ua.fields is not None:
         seen: set[str] = set()
         for i, name in enumerate(ua.fields):
-            if not _FIELD_NAME.fullmatch(name):
+            if name not in ALL_FIELDS:
                 yield (("opcua_server", "fields", i),
-                       f"expected a field name such as {', '.join(SEED_FIELDS[:3])}, "
-                       f"got \"{name}\"", "error", ())
+                       f"expected one of {', '.join(ALL_FIELDS)}; got \"{name}\"", "error", ())
             elif name in seen:
                 yield ("opcua_server", "fields", i), f"\"{name}\" is listed twice", "error", ()
             seen.add(name)

@@ -174,8 +174,17 @@ def test_value_errors(text: str, expected: str) -> None:
      'settings.json:1:40: upstream.openscs.security_policy: "None" needs '
      'upstream.openscs.allow_insecure: true'),
     ("{opcua_server: {fields: ['cmd', 'Disk-Usage']}}",
-     'settings.json:1:33: opcua_server.fields[1]: expected a field name such as cmd, computer, '
-     'disk_usage, got "Disk-Usage"'),
+     'settings.json:1:33: opcua_server.fields[1]: expected one of cmd, computer, disk_usage, '
+     'ip, num_files, result_class, script, scripts_version, user, version, clients, '
+     'outbox_backlog, outbox_oldest_age_s, dead_letters, store_high_water, upstream_state, '
+     'alarms, reserve_level, adapters, counters, cert_expiry, clock_synced, uptime_s; got '
+     '"Disk-Usage"'),
+    ("{upstream: {openscs: {username: 'line'}}}",
+     'settings.json:1:22: upstream.openscs.password_file: expected a password file with '
+     'username "line" (a file of mode 0600 holding the password), got null'),
+    ("{upstream: {openscs: {password_file: '/etc/hostname'}}}",
+     'settings.json:1:22: upstream.openscs.username: expected the user name the password_file '
+     'belongs to, got null'),
 ])
 def test_cross_key_checks(text: str, expected: str) -> None:
     assert problems(text) == [expected]
@@ -216,6 +225,26 @@ def test_warnings_are_kept_not_raised() -> None:
         "settings.json:2:40: upstream.openscs.security_policy: no security: lab use only")
 
 
+NO_IDENTITY = ("settings.json:1:1: upstream.openscs.username: no user identity: OPEN-SCS "
+               "sessions must be authenticated (spec 7.4.1), so nothing will be delivered until "
+               "username + password_file or user_certificate_file + user_private_key_file are "
+               "set")
+
+
+def test_password_file_mode_is_checked(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    pw.chmod(0o644)
+    text = f"{{upstream: {{openscs: {{username: 'line', password_file: '{pw}'}}}}}}"
+    assert problems(text) == [f"settings.json:1:56: upstream.openscs.password_file: {pw} has "
+                              f"mode 0644: expected 0600 (chmod 600 {pw})"]
+    pw.chmod(0o600)
+    assert load_settings_text(text, root=tmp_path).warnings == ()
+    pw.unlink()
+    assert problems(text) == [f"settings.json:1:56: upstream.openscs.password_file: {pw}: "
+                              "No such file or directory"]
+
+
 def test_defaults_are_applied_and_typed() -> None:
     s = load_settings_text("{station: {name: 'press-3'}, oip: {tcp: {idle_timeout_s: 5}}}",
                            root=Path("/opt/linegate"))
@@ -228,7 +257,7 @@ def test_defaults_are_applied_and_typed() -> None:
         "NoSecurity", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt")
     assert s.opcua_server.fields is None
     assert s.source == "settings.json" and s.root == Path("/opt/linegate")
-    assert s.warnings == ()
+    assert s.warnings == (NO_IDENTITY,)  # the upstream is on, no credentials are set yet
 
 
 def test_list_of_objects_becomes_a_tuple_of_dataclasses() -> None:
@@ -290,7 +319,7 @@ def test_summary_is_one_line() -> None:
                                       "['NoSecurity']}}", root=Path("/r")))
     assert line == ("station 'press-3' (lente); OIP/TCP 127.0.0.1:7701; OIP/SOAP 127.0.0.1:7780; "
                     "status server 0.0.0.0:4841; store /r/data/outbox.sqlite; upstream "
-                    "opc.tcp://127.0.0.1:4855/ (Basic256Sha256/SignAndEncrypt)")
+                    "opc.tcp://127.0.0.1:4855/ (Basic256Sha256/SignAndEncrypt); 1 warning(s)")
 
 
 def test_key_path() -> None:
@@ -313,7 +342,7 @@ def schema_paths(cls: type = Settings, prefix: tuple[str, ...] = ()) -> list[tup
 def test_shipped_settings_json_loads_cleanly_and_lists_every_key() -> None:
     path = ROOT / "settings.json"
     s = load_settings(path)
-    assert s.warnings == ()
+    assert [w.split(": ", 1)[1] for w in s.warnings] == [NO_IDENTITY.split(": ", 1)[1]]
     entries = scan(path.read_text(encoding="utf-8")).entries
     missing = [".".join(p) for p in schema_paths() if p not in entries]
     assert missing == [], f"add to settings.json (see {gen_settings_doc.REGENERATE} --help)"
@@ -336,7 +365,8 @@ def test_docs_settings_md_is_generated_from_the_schema() -> None:
 
 def test_generated_settings_json_round_trips_to_the_defaults() -> None:
     s = load_settings_text(gen_settings_doc.render_settings_json(), root=Path.cwd())
-    assert dataclasses.replace(s, source="<defaults>") == default_settings()
+    assert dataclasses.replace(s, source="<defaults>", warnings=()) == dataclasses.replace(
+        default_settings(), warnings=())
 
 
 # --------------------------------------------------------------------------- scanner

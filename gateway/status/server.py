@@ -47,10 +47,11 @@ def check_warnings(settings: Settings) -> list[str]:
             check(settings)
         except SettingsError as e:
             out.extend(f"{p} (the status server will not start)" for p in e.problems)
-    if out:
-        return out
     have_cert = opc.certificates.enable
-    out.extend(sec.effective_policies(opc, have_cert)[1])
+    try:
+        out.extend(sec.effective_policies(opc, have_cert)[1])
+    except SettingsError:
+        pass  # reported above
     if have_cert and not opc.certificates.generate_if_missing:
         out.extend(f"opcua_server.certificates: {p} does not exist (the status server will "
                    "not start)" for p in sec.cert_paths(settings) if not p.is_file())
