@@ -218,6 +218,16 @@ class Outbox:
     @staticmethod
     def _open_sync(path: Path, settings: StoreSettings) -> sqlite3.Connection:
         existed = path.exists() and path.stat().st_size > 0
+        if not existed:
+            aside = sorted(p.name for p in path.parent.glob(f"{path.name}.corrupt-*")
+                           if not p.name.endswith(("-wal", "-shm")))
+            if aside:
+                # a restart after the move-aside must not quietly carry on with an empty store
+                raise StoreCorrupt(
+                    f"outbox {path} is missing and {aside[-1]} beside it is a corrupt outbox "
+                    f"moved aside earlier; its backlog was never delivered. Save it for "
+                    f"recovery, then move it out of {path.parent} to start with an empty "
+                    "outbox")
         conn = _connect(path, settings)
         try:
             if existed:

@@ -297,6 +297,17 @@ async def test_corrupt_file_is_moved_aside_never_recreated(tmp_path: Path) -> No
     assert not path.exists()
     assert len([p for p in aside if not p.name.endswith(("-wal", "-shm"))]) == 1
     assert aside[0].read_bytes()[:16] == b"SQLite format 3\x00"  # the data is kept
+    # a restart (systemd, an operator) does not quietly start over with an empty outbox
+    with pytest.raises(StoreCorrupt, match=r"corrupt outbox moved aside earlier.*move it out"):
+        await Outbox.open(StoreSettings(path=path))
+    assert not path.exists()
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for p in aside:
+        p.rename(saved / p.name)
+    ob = await Outbox.open(StoreSettings(path=path))  # the operator saved it: start afresh
+    assert (await ob.stats()).pending == 0
+    await ob.close()
 
 
 async def test_garbage_file_is_moved_aside(tmp_path: Path) -> None:
