@@ -361,6 +361,26 @@ async def test_peer_that_never_reads_its_replies_is_dropped():
         await after.close()
 
 
+@pytest.mark.parametrize("n", [315, 318, 400, 537])
+async def test_a_peer_that_half_closes_gets_every_reply(n: int):
+    """A PAC sends its packets, shuts down its sending side and reads slowly: every reply that
+    was committed (here PRINT serials, a few MB) still reaches it before the close."""
+    async with tcp_server(idle_timeout_s=10) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (HOST, server.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
+        writer.write(b"".join(encode_command(PrintRequest("A1", "GTIN", MAX_PRINT_COUNT), tsn)
+                              for tsn in range(1, n + 1)))
+        await writer.drain()
+        writer.write_eof()
+        await asyncio.sleep(0.3)  # the server sees EOF while most replies are still queued
+        data = await asyncio.wait_for(reader.read(), 60)
+        writer.close()
+    assert data.count(b"\x03") == n and data.startswith(b"\x02ACK,0,1,")
+
+
 async def test_oversized_packet_refused_and_the_peer_goes_on():
     board = StatusBoard()
     async with tcp_server(board=board, max_packet_bytes=1024) as server:

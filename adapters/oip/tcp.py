@@ -105,13 +105,16 @@ class OipTcpServer:
         finally:
             self._active.discard(task)
             self._tasks.discard(task)
-            if writer.transport.get_write_buffer_size():
-                # replies the peer never read: close() would wait for them to be sent
+            # close() sends what is still buffered first (committed replies, e.g. PRINT
+            # serials, to a peer that half-closed); a peer that does not take them within
+            # the idle timeout is cut off
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), self.tcp.idle_timeout_s)
+            except TimeoutError:
                 writer.transport.abort()
-            else:
-                writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 5.0)
+            except OSError:
+                pass
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        host: str) -> None:
@@ -159,9 +162,15 @@ class OipTcpServer:
                 else:
                     break
                 writer.write(reply)
-            if writer.transport.get_write_buffer_size():  # not all sent: maybe a peer not
-                async with asyncio.timeout(timeout):     # reading its replies
-                    await writer.drain()
+            if writer.transport.get_write_buffer_size():  # not all sent yet
+                try:
+                    async with asyncio.timeout(timeout):
+                        await writer.drain()
+                except TimeoutError:
+                    log.warning("OIP TCP: %s has not read its replies for %.1fs, dropping it",
+                                host, timeout)
+                    writer.transport.abort()
+                    return
 
     def _internal(self, tsn: int, exc: Exception) -> bytes:
         """NAK 99 for an unexpected failure on one packet (already logged with traceback)."""
