@@ -81,7 +81,9 @@ class Outbox:
         self._rexec = rexec
         self._wexec = wexec
         self._dedup_window = dedup_window
-        self._since_prune: dict[str, int] = {}  # writer thread only: inserts since last prune
+        # writer thread only: inserts per peer since its last prune; cleared on any rollback
+        # (a peer not in it prunes at its next insert), so a rolled-back prune is redone
+        self._since_prune: dict[str, int] = {}
         self._clock = clock
         self._events: dict[str, asyncio.Event] = {}
         self.streams_changed = asyncio.Event()
@@ -95,7 +97,8 @@ class Outbox:
         self._writer = GroupCommitWriter(
             conn, wexec, window_s=settings.group_commit_window_ms / 1000.0,
             where=str(self.path), synchronous=settings.synchronous, capacity=self._capacity,
-            committed=self._on_commit, disk_full=self._on_disk_full, tidy=self._tidy)
+            committed=self._on_commit, disk_full=self._on_disk_full, tidy=self._tidy,
+            rolled_back=self._since_prune.clear)
         self._conn = conn
 
     # ------------------------------------------------------------------ open / close

@@ -76,7 +76,8 @@ class GroupCommitWriter:
                  capacity: Callable[[], str | None],
                  committed: Callable[[frozenset[str]], None],
                  disk_full: Callable[[sqlite3.Connection], bool] = lambda conn: False,
-                 tidy: Callable[[sqlite3.Connection], None] = lambda conn: None) -> None:
+                 tidy: Callable[[sqlite3.Connection], None] = lambda conn: None,
+                 rolled_back: Callable[[], None] = lambda: None) -> None:
         self._conn = conn
         self._executor = executor
         self._window_s = window_s
@@ -87,6 +88,9 @@ class GroupCommitWriter:
         self._committed = committed  # called in the loop with the streams that got messages
         self._disk_full = disk_full  # writer thread, no transaction open: True = space freed
         self._tidy = tidy  # writer thread, no transaction open, after a committed group
+        # writer thread, after anything was rolled back: Python state that jobs keep next to
+        # the database (the outbox's dedup prune counters) must be dropped, not trusted
+        self._rolled_back = rolled_back
         self._queue: list[_Pending] = []
         self._kick = asyncio.Event()
         self._closing = False
@@ -198,6 +202,7 @@ class GroupCommitWriter:
         except Exception as exc:
             if self._conn.in_transaction:  # never leave the connection inside a transaction
                 self._conn.execute("ROLLBACK")
+            self._rolled_back()
             if isinstance(exc, sqlite3.Error):  # BEGIN (or a capacity query) failed
                 return [(False, map_error(exc, self._where))] * len(batch)
             raise
@@ -227,12 +232,14 @@ class GroupCommitWriter:
             for i in remaining:
                 ok, value = self._run_one(batch[i].fn, savepoint=guarded)
                 if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                    self._rolled_back()
                     outcomes[i] = (False, value)
                     remaining.remove(i)
                     lost_tx = True
                     break
                 if not ok and not guarded:
                     conn.execute("ROLLBACK")  # its partial writes go with the others'
+                    self._rolled_back()
                     if len(remaining) == 1:
                         outcomes[i] = (False, value)
                         remaining = []
@@ -248,6 +255,7 @@ class GroupCommitWriter:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._rolled_back()
                 mapped = map_error(exc, self._where)
                 adders = [i for i in remaining if batch[i].adds_messages and results[i][0]]
                 if isinstance(mapped, StoreFull) and adders and not refused:
@@ -276,6 +284,7 @@ class GroupCommitWriter:
             if savepoint and conn.in_transaction:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+            self._rolled_back()
             return False, map_error(exc, self._where)
         if savepoint:
             conn.execute("RELEASE job")

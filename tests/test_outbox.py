@@ -135,6 +135,26 @@ async def test_dedup_window_is_pruned_in_strides_and_stays_bounded(tmp_path: Pat
     assert min(seen) == 64 and max(seen) == 67, (min(seen), max(seen))
 
 
+async def test_dedup_window_stays_bounded_when_groups_are_rolled_back(tmp_path: Path) -> None:
+    """Every group also holds a submit that fails, so it is rolled back and run again: a
+    prune undone by the rollback must be redone, or the window grows without bound."""
+    path = tmp_path / "o.sqlite"
+    ob = await Outbox.open(StoreSettings(path=path), dedup_window=64)
+
+    def fails(conn: sqlite3.Connection) -> None:
+        raise ValueError("refused")
+
+    most = 0
+    for tsn in range(1, 201):
+        done, failed = await asyncio.gather(ob.submit(dedup=origin(tsn)), ob.submit(hook=fails),
+                                            return_exceptions=True)
+        assert done.status == "accepted" and isinstance(failed, ValueError)
+        with sqlite3.connect(path) as conn:
+            most = max(most, conn.execute("SELECT COUNT(*) FROM dedup").fetchone()[0])
+    await ob.close()
+    assert most <= 67, most
+
+
 async def test_failing_hook_rolls_back_only_its_own_submit(outbox: Outbox) -> None:
     def make_table(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS reserve (serial TEXT PRIMARY KEY)")
