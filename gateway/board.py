@@ -46,3 +46,17 @@ class StatusBoard:
 
     def set_adapter(self, name: str, state: str) -> None:
         self.adapters[name] = state
+
+    def raise_alarm(self, name: str, where: str, reason: str) -> None:
+        """An alarm with several independent sources (e.g. UPSTREAM_ERROR per stream): the
+        health value is ``{where: reason}``; each source clears only its own entry."""
+        entries = self.health.get(name)
+        if not isinstance(entries, dict):
+            entries = {}
+        self.health[name] = {**entries, where: reason}
+
+    def clear_alarm(self, name: str, where: str) -> None:
+        entries = self.health.get(name)
+        if isinstance(entries, dict) and where in entries:
+            rest = {k: v for k, v in entries.items() if k != where}
+            self.health[name] = rest or ""

@@ -85,7 +85,6 @@ class Delivery:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.delivered = 0
         self.dead = 0
-        self._call_error = False  # an UPSTREAM_ERROR is shown on the board
 
     async def serve(self) -> None:
         try:
@@ -171,14 +170,11 @@ class Delivery:
                 log.error("delivery on %s: the upstream call failed for a reason that will not "
                           "pass by itself: %s; the stream waits (nothing is dead-lettered)",
                           stream, exc)
-                self._board.set_health(board_keys.UPSTREAM_ERROR, f"{stream}: {exc}")
-                self._call_error = True
+                self._board.raise_alarm(board_keys.UPSTREAM_ERROR, f"stream {stream}", str(exc))
             return [], str(exc)
         except (TransportError, OSError, TimeoutError) as exc:
             return [], f"{type(exc).__name__}: {exc}"
-        if self._call_error:
-            self._call_error = False
-            self._board.set_health(board_keys.UPSTREAM_ERROR, "")
+        self._board.clear_alarm(board_keys.UPSTREAM_ERROR, f"stream {stream}")
         if len(results) > len(batch):
             log.error("upstream returned %d results for %d messages; ignoring the extra",
                       len(results), len(batch))

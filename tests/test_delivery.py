@@ -180,19 +180,19 @@ async def test_a_cancel_raised_by_the_transport_is_a_retry_not_a_dead_stream(env
 
 
 class Misconfigured:
-    """A real upstream client behind a configuration fault that an operator fixes after a
-    while: the first ``failures`` calls raise UpstreamError(permanent=True), as the OPEN-SCS
-    session does for a password file with the wrong mode."""
+    """A real upstream client where one stream's calls hit a configuration fault until an
+    operator fixes it: they raise UpstreamError(permanent=True), as a whole call refused for
+    good does (e.g. no manager object for that stream)."""
 
-    def __init__(self, inner: Upstream, failures: int) -> None:
-        self.inner, self.failures, self.refused = inner, failures, 0
+    def __init__(self, inner: Upstream, stream: str) -> None:
+        self.inner, self.stream, self.fixed, self.refused = inner, stream, False, 0
 
     async def deliver(self, stream: str,
                       batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
-        if self.refused < self.failures:
+        if stream == self.stream and not self.fixed:
             self.refused += 1
-            raise UpstreamError("password file /etc/linegate/upstream.pw has mode 0644, must "
-                                "be 0600 (chmod 600 /etc/linegate/upstream.pw)", permanent=True)
+            raise UpstreamError("OPEN-SCS opc.tcp://up:4855/: no aggregation manager object "
+                                "under Objects/OPENSCSObjects", permanent=True)
         return await self.inner.deliver(stream, batch)
 
 
@@ -204,20 +204,25 @@ def _alarms(board: StatusBoard) -> dict[str, str]:
 async def test_a_permanent_whole_call_failure_stalls_and_condemns_nothing(env: Env) -> None:
     outbox, up, client = env
     board = StatusBoard()
-    upstream = Misconfigured(client, failures=4)
-    await outbox.submit([NewMessage("event", "E", f"k{n}", {"n": n}) for n in range(30)])
+    upstream = Misconfigured(client, "aggregation")
+    await outbox.submit([NewMessage("aggregation", "E", f"a{n}", {"n": n}) for n in range(5)]
+                        + [NewMessage("event", "E", f"e{n}", {"n": n}) for n in range(5)])
     task = await _serve(Delivery(outbox, upstream, FAST, board, seed=5))
 
-    async def refused_once() -> bool:
-        return upstream.refused >= 1
+    async def other_stream_done_and_retried() -> bool:
+        return upstream.refused >= 3 and [k for _, k, _ in applied(up.db_path)] == [
+            f"e{n}" for n in range(5)]
 
-    await until(refused_once)
-    assert "chmod 600" in _alarms(board)["upstream_error"]
+    await until(other_stream_done_and_retried)
+    # the other stream's calls got through, yet the stalled stream's alarm stays
+    assert "no aggregation manager" in _alarms(board)["upstream_error"]["stream aggregation"]
+    assert await outbox.dead_list() == []
+    upstream.fixed = True
     await until(lambda: _drained(outbox))
     await _stop(task)
-    assert upstream.refused == 4  # backed off and tried again until the fault was gone
     assert await outbox.dead_list() == []
-    assert [k for _, k, _ in applied(up.db_path)] == [f"k{n}" for n in range(30)]
+    assert [k for s, k, _ in applied(up.db_path) if s == "aggregation"] == [
+        f"a{n}" for n in range(5)]
     assert "upstream_error" not in _alarms(board)
 
 

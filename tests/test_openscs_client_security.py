@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from adapters.openscs import certs
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.results import Decision
+from gateway.board import StatusBoard
 from gateway.errors import UpstreamError
 from gateway.model import KeyValue, SerialNumberState
+from gateway.status.fields import board_values
 from tests.test_openscs_client_fixture import ScsServer, label_collection, running_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -118,6 +122,31 @@ async def test_password_file_must_be_0600(scs: ScsServer, tmp_path: Path) -> Non
     settings.password_file.chmod(0o644)
     with pytest.raises(UpstreamError, match="mode 0644: it must be 0600"):
         await OpenScsClient(settings).connect()
+
+
+async def test_a_configuration_fault_is_an_alarm_until_it_is_fixed(scs: ScsServer,
+                                                                   tmp_path: Path) -> None:
+    """A password file that loses its 0600 mode at run time: calls answer RETRY (the data
+    is fine), and the status field ``alarms`` names the fault until a call gets through."""
+    settings = scs.settings(tmp_path)
+    settings.password_file.chmod(0o644)
+    board = StatusBoard()
+    c = OpenScsClient(settings, board=board)
+    try:
+        res = await c.sid_commissioning_event(LC, context=CTX)
+        assert res.verdict.decision is Decision.RETRY
+        alarms = json.loads(str(board_values(board, None)["alarms"]))
+        assert "must be 0600" in alarms["upstream_error"]["event manager"]
+        settings.password_file.chmod(0o600)
+        for _ in range(100):  # the reconnect backoff (reconnect_max_s 0.2) runs out
+            res = await c.sid_commissioning_event(LC, context=CTX)
+            if res.ok:
+                break
+            await asyncio.sleep(0.05)
+        assert res.ok, res.verdict
+        assert json.loads(str(board_values(board, None)["alarms"])) == {}
+    finally:
+        await c.close()
 
 
 async def test_anonymous_session_is_refused(scs: ScsServer, tmp_path: Path) -> None:

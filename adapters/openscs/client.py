@@ -250,11 +250,23 @@ class OpenScsClient:
             await session.close()
 
     async def manager(self, role: str) -> Session:
-        """The connected session of a role's manager (connecting if needed)."""
-        session = await self._session(role)
-        if session.managers.get(role) is None:
-            raise UpstreamError(f"OPEN-SCS {session.url}: no {role} manager object under "
-                                "Objects/OPENSCSObjects", permanent=True)
+        """The connected session of a role's manager (connecting if needed).
+
+        A failure that will not pass by itself (UpstreamError(permanent=True): a password
+        file with the wrong mode, a refused session, no such manager) is an ``upstream_error``
+        alarm on the status board until this role's manager is reached again; the calls
+        themselves answer RETRY (the data is not at fault)."""
+        try:
+            session = await self._session(role)
+            if session.managers.get(role) is None:
+                raise UpstreamError(f"OPEN-SCS {session.url}: no {role} manager object under "
+                                    "Objects/OPENSCSObjects", permanent=True)
+        except UpstreamError as exc:
+            if exc.permanent and self._board is not None:
+                self._board.raise_alarm(K.UPSTREAM_ERROR, f"{role} manager", str(exc))
+            raise
+        if self._board is not None:
+            self._board.clear_alarm(K.UPSTREAM_ERROR, f"{role} manager")
         return session
 
     async def limit(self, role: str, name: str) -> int:
