@@ -19,6 +19,7 @@ See gateway/OUTBOX.md for the delivery rules and what each synchronous level gua
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -405,12 +406,17 @@ class Outbox:
         size = self.settings.disk_reserve_bytes
         if free < self._reserve_room():
             return False
-        chunk = b"\0" * 65536
         try:
-            with open(self._reserve, "wb") as f:  # written, not sparse: the blocks are ours
-                for done in range(0, size, len(chunk)):
-                    f.write(chunk[: size - done])
-                f.flush()
+            with open(self._reserve, "wb") as f:  # allocated, not sparse: the blocks are ours
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise
+                    chunk = b"\0" * 65536  # a file system without fallocate: write it
+                    for done in range(0, size, len(chunk)):
+                        f.write(chunk[: size - done])
+                    f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             self._reserve.unlink(missing_ok=True)
