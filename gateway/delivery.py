@@ -26,7 +26,7 @@ Rules (also in gateway/OUTBOX.md):
   Rationale: a refused message will be refused again however long we wait, so blocking would
   stop the line's whole stream for one bad record. The order of what *is* delivered is kept;
   an operator can fix the cause and ``linegate outbox dead retry ID``, which re-queues the
-  message in its original position (its id), so it is the next one sent on its stream.
+  message in its original position (its id), so it leads the stream's next batch.
 """
 
 from __future__ import annotations
