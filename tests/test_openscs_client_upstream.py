@@ -173,6 +173,21 @@ async def test_upstream_down_is_retry(tmp_path: Path) -> None:
                                              {"serials": ["a"], "pool": ""})] * 3)
     assert [r.outcome for r in results] == [Outcome.RETRY]
     assert results[0].reason
+    # an EPCIS document too: its split limits cannot be read, which is no fault of its own
+    epcis = msg("event", "EPCISStream", {"document": "<EPCISDocument/>"})
+    assert [r.outcome for r in await up.deliver("event", [epcis])] == [Outcome.RETRY]
+
+
+async def test_a_configuration_fault_never_condemns_an_epcis_document(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as srv:
+        settings = srv.settings(tmp_path, security_policy="None", security_mode="None",
+                                allow_insecure=False)  # refused by the client itself
+        up = OpenScsUpstream(OpenScsClient(settings))
+        for body, kind in (({"document": "<EPCISDocument/>"}, "EPCISStream"),
+                           ({"serials": ["a"], "pool": ""}, "SIDCommissioningEvent")):
+            [result] = await up.deliver("event", [msg("event", kind, body)])
+            assert result.outcome is Outcome.RETRY, (kind, result)
+            assert "None" in result.reason
 
 
 async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from adapters.epcis.split import split_document
 from adapters.openscs import types
 from adapters.openscs.client import CallResult, OpenScsClient
 from adapters.openscs.results import Decision, Verdict
-from gateway.errors import UpstreamError
+from gateway.errors import TransportError, UpstreamError
 from gateway.model import (
     Aggregation,
     DeliveryResult,
@@ -201,7 +201,12 @@ class OpenScsUpstream:
             if not document:
                 raise BodyError("body.document is empty")
             fmt = c.settings.sn_format
-            parts = await self._epcis_parts(document)
+            try:
+                parts = await self._epcis_parts(document)
+            except (UpstreamError, TransportError) as exc:
+                # the limits could not be read (upstream down, a configuration fault): the
+                # document is not at fault, as for any other call (see client.call)
+                return CallResult(Verdict(Decision.RETRY, f"EPCISStream: {exc}"), calls=0)
             result = CallResult(Verdict(Decision.DONE), calls=0)
             for i, part in enumerate(parts, 1):
                 key = message.key if len(parts) == 1 else f"{message.key}#{i}/{len(parts)}"
