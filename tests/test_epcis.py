@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -177,3 +178,31 @@ def test_builder_refuses_misuse() -> None:
         build_document([ObjectEvent("packing", (SSCC,), T0)], created=T0)
     doc = build_document([ObjectEvent("commissioning", (SSCC,), T0.astimezone(UTC))], created=T0)
     assert b"<eventTimeZoneOffset>+00:00</eventTimeZoneOffset>" in doc
+
+
+def _with_processing_instructions() -> bytes:
+    """line_document() with PIs and a comment where the XSD allows them: in the root, the
+    body, the EventList, inside an event and inside its epcList."""
+    doc = line_document()
+    for old, new in [
+        (b"<EPCISBody>", b"<?station line2?><EPCISBody><?body x?>"),
+        (b"<EventList>", b"<EventList><?station line2?><!-- shift A -->"),
+        (b"<epcList>", b"<epcList><?scanner 7?>"),
+        (b"<action>ADD</action>", b"<?note?><action>ADD</action>"),
+    ]:
+        assert old in doc
+        doc = doc.replace(old, new, 1)
+    return doc
+
+
+def test_processing_instructions_and_comments_are_not_events(schema: etree.XMLSchema) -> None:
+    doc = _with_processing_instructions()
+    assert schema.validate(etree.fromstring(doc)), schema.error_log
+    assert validate_epcis(doc, known_commissioned=()) == []
+    assert [e["bizStep"] for e in document_events(doc)][:2] == ["commissioning"] * 2
+    # an EventList holding only a processing instruction still has no events
+    only_pi = re.sub(
+        rb"<EventList>.*</EventList>", b"<EventList><?station line2?></EventList>", doc, flags=re.S
+    )
+    assert validate_epcis(only_pi) == ["EPCISBody has no EventList with events"]
+

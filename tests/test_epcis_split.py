@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from lxml import etree
+
 from adapters.epcis.builder import AggregationEvent, ObjectEvent, build_document
 from adapters.epcis.split import split_document
 from adapters.epcis.validate import document_events, validate_epcis
+from tests.conftest import SHARED
+
+XSD = SHARED / "reference" / "epcis" / "epcis-2.0" / "EPCglobal-epcis-2_0.xsd"
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(XSD)))
 
 
 def sgtin(n: int) -> str:
@@ -57,3 +68,21 @@ def test_parts_respect_the_limits_keep_the_order_and_lose_nothing():
         (k, s, p, list(e)) for k, s, p, e in whole if k == "AggregationEvent"]
     # the limits alone would refuse the original
     assert validate_epcis(doc, max_object_event_sids=3, max_aggregation_events=1)
+
+
+def test_processing_instructions_between_events_stay_in_place(schema: etree.XMLSchema) -> None:
+    doc = document()
+    for old, new in [(b"<EventList>", b"<EventList><?station line2?>"),
+                     (b"<epcList>", b"<epcList><?scanner 7?>"),
+                     (b"</EventList>", b"<?end?></EventList>")]:
+        doc = doc.replace(old, new, 1)
+    assert schema.validate(etree.fromstring(doc)), schema.error_log
+    parts = split_document(doc, max_object_event_sids=3, max_aggregation_events=1)
+    assert len(parts) > 1
+    for part in parts:
+        assert schema.validate(etree.fromstring(part)), schema.error_log
+        assert validate_epcis(part, max_object_event_sids=3, max_aggregation_events=1) == []
+    assert b"<?station line2?>" in parts[0] and b"<?end?>" in parts[-1]
+    plain = split_document(document(), max_object_event_sids=3, max_aggregation_events=1)
+    assert [e["epcs"] for p in parts for e in document_events(p)] == [
+        e["epcs"] for p in plain for e in document_events(p)]

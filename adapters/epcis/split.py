@@ -6,6 +6,9 @@ above either is cut into several documents with the same root and header, events
 their order; an ObjectEvent with more EPCs than the limit becomes several ObjectEvents with
 the same fields and consecutive parts of its ``epcList``. Sent one after another, the parts
 apply in order (what is commissioned in part i is known to part i+1).
+
+Processing instructions and comments between events carry no EPCIS data; they stay where
+they were, in the part that holds the events around them.
 """
 
 from __future__ import annotations
@@ -54,14 +57,16 @@ def split_document(xml_bytes: bytes, max_object_event_sids: int = 0,
         raise ValueError("no EPCISBody/EventList to split")
     pieces: list[etree._Element] = []
     for event in events:
-        if etree.QName(event).localname == "ObjectEvent":
+        if not isinstance(event.tag, str):  # processing instruction or comment
+            pieces.append(event)
+        elif etree.QName(event).localname == "ObjectEvent":
             pieces += _cut_object_event(event, max_object_event_sids)
         else:
             pieces.append(event)
     chunks: list[list[etree._Element]] = [[]]
     sids = aggregations = 0
     for piece in pieces:
-        kind = etree.QName(piece).localname
+        kind = etree.QName(piece).localname if isinstance(piece.tag, str) else ""
         n_sids = len(_epcs(piece)) if kind == "ObjectEvent" else 0
         n_agg = 1 if kind == "AggregationEvent" else 0
         over = ((max_object_event_sids and sids + n_sids > max_object_event_sids)

@@ -67,6 +67,13 @@ _OTHER_EVENTS = {"TransactionEvent", "TransformationEvent", "AssociationEvent", 
 _RANK = {"commissioning": 0, "packing": 1, "shipping": 2}
 
 
+def _elements(parent: etree._Element) -> list[etree._Element]:
+    """The element children of ``parent``: processing instructions (``<?station line2?>``)
+    and comments are allowed anywhere by the XSD and carry no EPCIS data, so every walk over
+    children skips them (their ``tag`` is a function, not a string)."""
+    return [c for c in parent if isinstance(c.tag, str)]
+
+
 def parse_safely(xml_bytes: bytes) -> etree._ElementTree:
     """Parse without DTDs, entity expansion or network access (raises etree.XMLSyntaxError)."""
     parser = etree.XMLParser(
@@ -103,7 +110,9 @@ class _Checker:
     def event(self, ev: etree._Element, where: str) -> None:
         kind = etree.QName(ev).localname
         order = _ORDER[kind]
-        names = [etree.QName(c).localname for c in ev if etree.QName(c).namespace is None]
+        names = [
+            etree.QName(c).localname for c in _elements(ev) if etree.QName(c).namespace is None
+        ]
         unknown = [n for n in names if n not in order]
         if unknown:
             self.problems.append(f"{where}: unexpected element(s) {', '.join(unknown)}")
@@ -147,7 +156,7 @@ class _Checker:
         if lst is None:
             return []
         out = []
-        for i, el in enumerate(lst):
+        for i, el in enumerate(_elements(lst)):
             value = (el.text or "").strip()
             if etree.QName(el).localname != "epc" or not _EPC.match(value):
                 self.problems.append(f"{where}[{i}]: {value!r} is not an EPC URI")
@@ -228,7 +237,9 @@ def validate_epcis(
         chk.problems.append(f"schemaVersion is {root.get('schemaVersion')!r}, expected 2.0")
     _stamp(root.get("creationDate"), "creationDate", chk.problems)
     body = root.find("EPCISBody")
-    children = [etree.QName(c).localname for c in root if etree.QName(c).namespace is None]
+    children = [
+        etree.QName(c).localname for c in _elements(root) if etree.QName(c).namespace is None
+    ]
     if body is None or children[:2] not in (
         ["EPCISBody"],
         ["EPCISHeader", "EPCISBody"],
@@ -236,8 +247,9 @@ def validate_epcis(
     ):
         chk.problems.append(f"EPCISDocument children {children}: expected [EPCISHeader] EPCISBody")
         return chk.problems
-    events = body.find("EventList")
-    if events is None or len(events) == 0:
+    event_list = body.find("EventList")
+    events = [] if event_list is None else _elements(event_list)
+    if not events:
         chk.problems.append("EPCISBody has no EventList with events")
         return chk.problems
     for i, ev in enumerate(events):
