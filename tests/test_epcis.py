@@ -206,3 +206,41 @@ def test_processing_instructions_and_comments_are_not_events(schema: etree.XMLSc
     )
     assert validate_epcis(only_pi) == ["EPCISBody has no EventList with events"]
 
+
+@pytest.mark.parametrize(
+    ("offset", "valid"),
+    [
+        ("+14:00", True),
+        ("-14:00", True),
+        ("+13:59", True),
+        ("-00:00", True),
+        ("+14:01", False),
+        ("+15:00", False),
+        ("+23:30", False),
+        ("-14:30", False),
+        ("+05:60", False),
+    ],
+)
+def test_time_zone_offsets_follow_the_xsd(
+    schema: etree.XMLSchema, offset: str, valid: bool
+) -> None:
+    one = build_document([ObjectEvent("commissioning", (SSCC,), T0)], created=T0)
+
+    def with_(old: bytes, new: bytes) -> bytes:
+        assert one.count(old) == 1
+        return one.replace(old, new)
+
+    stamp = f"2026-05-04T08:00:00.000{offset}"
+    doc = with_(b">2026-05-04T08:00:00.000+02:00<", f">{stamp}<".encode())
+    assert schema.validate(etree.fromstring(doc)) is valid  # the XSD's own verdict
+    problems = validate_epcis(doc)
+    assert (problems == []) is valid, problems
+    if not valid:
+        assert any("eventTime" in p and "between -14:00 and +14:00" in p for p in problems)
+    # eventTimeZoneOffset is a plain string in the XSD; EPCIS gives it the same range
+    doc = with_(b">+02:00</eventTimeZoneOffset>", f">{offset}</eventTimeZoneOffset>".encode())
+    assert (validate_epcis(doc) == []) is valid
+    # the document's creationDate (xsd:dateTime: the same range)
+    doc = with_(b'creationDate="2026-05-04T08:00:00.000+02:00"', f'creationDate="{stamp}"'.encode())
+    assert schema.validate(etree.fromstring(doc)) is valid
+    assert (validate_epcis(doc) == []) is valid

@@ -19,8 +19,16 @@ from lxml import etree
 EPCIS_NS = "urn:epcglobal:epcis:xsd:2"
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
-_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-_OFFSET = re.compile(r"^[+-]\d\d:\d\d$")
+# The GS1 XSD's DateTimeStamp pattern (EPCglobal-epcis-2_0.xsd), used with fullmatch as XSD
+# patterns are anchored: offsets run from -14:00 to +14:00 (hh 00-13 with any minutes, or
+# exactly 14:00). eventTimeZoneOffset is an xsd:string in the XSD; the EPCIS 2.0 standard
+# gives it the same +hh:mm / -hh:mm form and range, so it is checked with the same pattern.
+_TZ = r"[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00)"
+_STAMP = re.compile(
+    r"[0-9]{4}-(1[0-2]|0[1-9])-(3[01]|0[1-9]|[12][0-9])T(2[0-3]|[01][0-9]):[0-5][0-9]:[0-5][0-9]"
+    rf"(\.[0-9]+)?(Z|{_TZ})"
+)
+_OFFSET = re.compile(_TZ)
 _EPC = re.compile(
     r"^(urn:epc:id:(sgtin:\d+\.\d+\.[!-~]{1,20}|sscc:\d+\.\d+|sgln:\d+\.\d*\.[!-~]{1,20}"
     r"|pgln:\d+\.\d*|grai:\d+\.\d*\.[!-~]{1,16}|giai:\d+\.[!-~]+|[a-z]+:[!-~]+)"
@@ -88,8 +96,10 @@ def parse_safely(xml_bytes: bytes) -> etree._ElementTree:
 
 
 def _stamp(text: str | None, where: str, problems: list[str]) -> datetime | None:
-    if not text or not _STAMP.match(text.strip()):
-        problems.append(f"{where}: {text!r} is not a date-time with a time zone")
+    if not text or not _STAMP.fullmatch(text.strip()):
+        problems.append(
+            f"{where}: {text!r} is not a date-time with a time zone between -14:00 and +14:00"
+        )
         return None
     try:
         return datetime.fromisoformat(text.strip())
@@ -121,8 +131,10 @@ class _Checker:
             self.problems.append(f"{where}: elements out of order or repeated: {names}")
         when = _stamp(ev.findtext("eventTime"), f"{where}/eventTime", self.problems)
         offset = ev.findtext("eventTimeZoneOffset") or ""
-        if not _OFFSET.match(offset):
-            self.problems.append(f"{where}/eventTimeZoneOffset: {offset!r} is not ±hh:mm")
+        if not _OFFSET.fullmatch(offset):
+            self.problems.append(
+                f"{where}/eventTimeZoneOffset: {offset!r} is not ±hh:mm between -14:00 and +14:00"
+            )
         action = ev.findtext("action")
         if action not in _ACTIONS:
             self.problems.append(f"{where}/action: {action!r} is not ADD, OBSERVE or DELETE")
