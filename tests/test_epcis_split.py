@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -86,3 +87,33 @@ def test_processing_instructions_between_events_stay_in_place(schema: etree.XMLS
     plain = split_document(document(), max_object_event_sids=3, max_aggregation_events=1)
     assert [e["epcs"] for p in parts for e in document_events(p)] == [
         e["epcs"] for p in plain for e in document_events(p)]
+
+
+def _event_ids(part: bytes) -> list[str | None]:
+    return [e.findtext("eventID") for e in etree.fromstring(part).iter("ObjectEvent")]
+
+
+def test_every_part_of_a_cut_event_has_its_own_stable_event_id(schema: etree.XMLSchema) -> None:
+    items = tuple(sgtin(n) for n in range(7))
+    original = "urn:uuid:7206088d-dea7-4a8c-8546-224602c440e7"
+    doc = build_document([ObjectEvent("commissioning", items, T0, ilmd={"lotNumber": "L1"},
+                                      event_id=original)], T0)
+    parts = split_document(doc, max_object_event_sids=3)
+    assert len(parts) == 3
+    ids = [i for part in parts for i in _event_ids(part)]
+    assert len(ids) == 3 and len(set(ids)) == 3 and original not in ids
+    assert all(str(i).startswith("urn:uuid:") for i in ids)
+    assert ids == [i for part in split_document(doc, max_object_event_sids=3)
+                   for i in _event_ids(part)]  # the same on a second split
+    for part in parts:
+        assert schema.validate(etree.fromstring(part)), schema.error_log
+        assert validate_epcis(part, max_object_event_sids=3) == []
+    # an event without an eventID is cut into parts without one
+    no_id = re.sub(rb"<eventID>[^<]*</eventID>\s*", b"", doc)
+    assert b"eventID" not in no_id
+    parts = split_document(no_id, max_object_event_sids=3)
+    assert len(parts) == 3 and b"eventID" not in b"".join(parts)
+    # an event that fits is not touched
+    whole = document()
+    small = split_document(whole, max_object_event_sids=7, max_aggregation_events=1)
+    assert len(small) > 1 and _event_ids(small[0])[0] == _event_ids(whole)[0]

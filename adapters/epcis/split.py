@@ -7,6 +7,13 @@ their order; an ObjectEvent with more EPCs than the limit becomes several Object
 the same fields and consecutive parts of its ``epcList``. Sent one after another, the parts
 apply in order (what is commissioned in part i is known to part i+1).
 
+EPCIS requires every event to have its own ``eventID``, and a repository deduplicating on it
+would drop every part after the first, so when an ObjectEvent with an ``eventID`` is cut into
+n parts, every part (the first included: none of them is the original event) gets
+``urn:uuid:`` + uuid5(NAMESPACE_URL, "<original eventID>#<i>/<n>"), i counting from 1. The IDs
+are deterministic: the same document cut to the same limit gives the same IDs, so a resent
+part is still recognised as a duplicate. An event without an ``eventID`` gets none.
+
 Processing instructions and comments between events carry no EPCIS data; they stay where
 they were, in the part that holds the events around them.
 """
@@ -14,6 +21,7 @@ they were, in the part that holds the events around them.
 from __future__ import annotations
 
 import copy
+import uuid
 
 from lxml import etree
 
@@ -29,8 +37,14 @@ def _cut_object_event(event: etree._Element, limit: int) -> list[etree._Element]
     if not limit or len(epcs) <= limit:
         return [event]
     parts = []
+    original_id = (event.findtext("eventID") or "").strip()
+    count = -(-len(epcs) // limit)
     for start in range(0, len(epcs), limit):
         part = copy.deepcopy(event)
+        event_id = part.find("eventID")
+        if event_id is not None and original_id:
+            name = f"{original_id}#{start // limit + 1}/{count}"
+            event_id.text = uuid.uuid5(uuid.NAMESPACE_URL, name).urn
         epc_list = part.find("epcList")
         assert epc_list is not None
         for el in list(epc_list):
