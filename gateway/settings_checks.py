@@ -8,6 +8,7 @@ result that involves a key whose own value was invalid (replaced by its default 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import stat
@@ -119,6 +120,13 @@ def _upstream(s: Settings) -> Iterator[Check]:
         yield ((*base, "user_certificate_file"),
                "expected user_certificate_file and user_private_key_file together", "error",
                ((*base, "user_private_key_file"),))
+    if not re.fullmatch(r"[A-Za-z0-9_]+", up.sn_format):
+        yield ((*base, "sn_format"), "expected a serial-number format name such as SERIALONLY "
+               f"or EPCURI, got \"{up.sn_format}\"", "error", ())
+    elif up.sn_format not in ("SERIALONLY", "LITERAL", "EPCURI"):
+        yield ((*base, "sn_format"), f"\"{up.sn_format}\" is none of the formats the "
+               "specification names (SERIALONLY, LITERAL, EPCURI): the upstream's SNFormat "
+               "property must offer it, or nothing is delivered", "warning", ())
     # the session's identity (adapters/openscs/session.py refuses these at run time, where
     # they would only show as deliveries that never start)
     if up.username and up.password_file is None:
@@ -158,6 +166,8 @@ def _status_server(s: Settings) -> Iterator[Check]:
             elif name in seen:
                 yield ("opcua_server", "fields", i), f"\"{name}\" is listed twice", "error", ()
             seen.add(name)
+    if not s.station.name.strip():
+        yield ("station", "name"), "expected a station name, got \"\"", "error", ()
     names: set[str] = set()
     for i, user in enumerate(ua.users):
         if not user.name:
@@ -167,11 +177,33 @@ def _status_server(s: Settings) -> Iterator[Check]:
             yield (("opcua_server", "users", i, "name"),
                    f"user \"{user.name}\" is listed twice", "error", ())
         names.add(user.name)
-        if not user.password_hash:
+        problem = _hash_problem(user.password_hash)
+        if problem:
             yield (("opcua_server", "users", i, "password_hash"),
-                   "expected a password hash (made by 'linegate passwd'), got \"\"", "error", ())
+                   "expected a password hash made by 'linegate passwd' (scrypt$N$r$p$salt$hash)"
+                   f": {problem}", "error", ())
     # which security policies can really be offered is the status server's own check
     # (gateway.status.server.check_warnings), printed by `linegate check` next to these
+
+
+def _hash_problem(stored: str) -> str | None:
+    """What is wrong with a password hash (None when it can be verified at all)."""
+    if not stored:
+        return "got \"\""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return "got something else (6 fields separated by $, the first 'scrypt')"
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        digest = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        return "N, r, p must be integers and salt, hash base64"
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        return f"N must be a power of 2 above 1, r and p at least 1; got {n}, {r}, {p}"
+    if len(salt) < 8 or len(digest) != 32:
+        return f"salt of 8+ bytes and a 32-byte hash; got {len(salt)} and {len(digest)}"
+    return None
 
 
 def _is_address(address: str) -> bool:

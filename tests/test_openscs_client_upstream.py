@@ -18,6 +18,7 @@ from adapters.epcis.builder import ObjectEvent, build_document
 from adapters.openscs.client import OpenScsClient
 from adapters.openscs.nodeids import NS_URI_SPEC
 from adapters.openscs.upstream import EVENT_STATES, POOL_STATES, OpenScsUpstream
+from gateway.board import StatusBoard
 from gateway.errors import TransportError, UpstreamError
 from gateway.model import KeyValue, LabelCollection, Outcome, ReturnStatus, StoredMessage
 from gateway.model import SerialNumberState as S
@@ -188,6 +189,24 @@ async def test_a_configuration_fault_never_condemns_an_epcis_document(tmp_path: 
             [result] = await up.deliver("event", [msg("event", kind, body)])
             assert result.outcome is Outcome.RETRY, (kind, result)
             assert "None" in result.reason
+
+
+async def test_an_sn_format_the_server_does_not_offer_is_an_alarm_not_dead_letters(
+        tmp_path: Path) -> None:
+    """A typo in upstream.openscs.sn_format: every event would be refused
+    InvalidSerialNumbersFormat and dead-lettered. The client compares it with the server's
+    SNFormat property: the calls wait (RETRY) and the ``alarms`` field says why."""
+    async with reference(tmp_path) as (_server, _proxy, client):
+        board = StatusBoard()
+        typo = OpenScsClient(replace(client.settings, sn_format="SERIAL_ONLY"), board=board)
+        try:
+            [result] = await OpenScsUpstream(typo).deliver("event", [msg(
+                "event", "SIDCommissioningEvent", {"serials": ["S1"], "pool": ""})])
+            assert result.outcome is Outcome.RETRY
+            alarm = board.health["upstream_error"]["event manager"]  # type: ignore[index]
+            assert "'SERIAL_ONLY' is not offered" in alarm and "SERIALONLY" in alarm
+        finally:
+            await typo.close()
 
 
 async def test_lost_reply_does_not_double_the_event(tmp_path: Path) -> None:

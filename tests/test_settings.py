@@ -179,6 +179,15 @@ def test_value_errors(text: str, expected: str) -> None:
      'outbox_backlog, outbox_oldest_age_s, dead_letters, store_high_water, upstream_state, '
      'alarms, reserve_level, adapters, counters, cert_expiry, clock_synced, uptime_s; got '
      '"Disk-Usage"'),
+    ("{upstream: {openscs: {sn_format: 'SERIAL ONLY'}}}",
+     'settings.json:1:34: upstream.openscs.sn_format: expected a serial-number format name such '
+     'as SERIALONLY or EPCURI, got "SERIAL ONLY"'),
+    ("{station: {name: ''}}",
+     'settings.json:1:18: station.name: expected a station name, got ""'),
+    ("{opcua_server: {users: [{name: 'a', password_hash: 'scrypt$1$2$3$x$y'}]}}",
+     "settings.json:1:52: opcua_server.users[0].password_hash: expected a password hash made by "
+     "'linegate passwd' (scrypt$N$r$p$salt$hash): N, r, p must be integers and salt, hash "
+     "base64"),
     ("{upstream: {openscs: {username: 'line'}}}",
      'settings.json:1:22: upstream.openscs.password_file: expected a password file with '
      'username "line" (a file of mode 0600 holding the password), got null'),
@@ -193,10 +202,13 @@ def test_cross_key_checks(text: str, expected: str) -> None:
 def test_list_items_are_checked_one_by_one() -> None:
     # user 1 has a bad role and (a cross-key check) no password hash; the missing key is
     # reported at the item that lacks it
-    text = "{opcua_server: {users: [{name: 'a', password_hash: 'x'}, {name: 'b', role: 'root'}]}}"
+    text = ("{opcua_server: {users: [{name: 'a', password_hash: 'x'}, {name: 'b', role: 'root'}]}}")
     assert problems(text) == [
-        "settings.json:1:58: opcua_server.users[1].password_hash: expected a password hash "
-        "(made by 'linegate passwd'), got \"\"",
+        "settings.json:1:52: opcua_server.users[0].password_hash: expected a password hash made "
+        "by 'linegate passwd' (scrypt$N$r$p$salt$hash): got something else (6 fields separated "
+        "by $, the first 'scrypt')",
+        "settings.json:1:58: opcua_server.users[1].password_hash: expected a password hash made "
+        "by 'linegate passwd' (scrypt$N$r$p$salt$hash): got \"\"",
         'settings.json:1:76: opcua_server.users[1].role: expected one of "viewer", "operator", '
         '"admin", got "root"']
 
@@ -225,10 +237,20 @@ def test_warnings_are_kept_not_raised() -> None:
         "settings.json:2:40: upstream.openscs.security_policy: no security: lab use only")
 
 
+HASH = ("scrypt$16384$8$1$MDEyMzQ1Njc4OWFiY2RlZg==$"  # linegate passwd, a fixed salt
+        "o6nuri0UB0zAYtUPW1FsUcO86OUVadX+DXiUh65Fhto=")
 NO_IDENTITY = ("settings.json:1:1: upstream.openscs.username: no user identity: OPEN-SCS "
                "sessions must be authenticated (spec 7.4.1), so nothing will be delivered until "
                "username + password_file or user_certificate_file + user_private_key_file are "
                "set")
+
+
+def test_an_sn_format_the_specification_does_not_name_is_a_warning() -> None:
+    s = load_settings_text("{upstream: {openscs: {sn_format: 'SERIAL_ONLY'}}}",
+                           root=Path("/opt/linegate"))
+    assert ('settings.json:1:34: upstream.openscs.sn_format: "SERIAL_ONLY" is none of the '
+            "formats the specification names (SERIALONLY, LITERAL, EPCURI): the upstream's "
+            "SNFormat property must offer it, or nothing is delivered") in s.warnings
 
 
 def test_password_file_mode_is_checked(tmp_path: Path) -> None:
@@ -261,9 +283,9 @@ def test_defaults_are_applied_and_typed() -> None:
 
 
 def test_list_of_objects_becomes_a_tuple_of_dataclasses() -> None:
-    s = load_settings_text("{opcua_server: {users: [{name: 'ann', password_hash: 'scrypt$x', "
-                           "role: 'admin'}]}}", root=Path("/r"))
-    assert s.opcua_server.users == (StatusUser("ann", "scrypt$x", "admin"),)
+    s = load_settings_text("{opcua_server: {users: [{name: 'ann', password_hash: '" + HASH
+                           + "', role: 'admin'}]}}", root=Path("/r"))
+    assert s.opcua_server.users == (StatusUser("ann", HASH, "admin"),)
 
 
 def test_paths_resolve_against_the_directory_holding_the_file(tmp_path: Path) -> None:

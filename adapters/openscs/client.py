@@ -125,6 +125,17 @@ class _Endpoint:
     last_error: str = ""
 
 
+def _offered_formats(session: Session) -> list[str]:
+    """The serial-number formats the session's managers advertise (their SNFormat property;
+    the specification puts it on the pool manager), empty when none says."""
+    offered: list[str] = []
+    for info in session.managers.values():
+        value = info.properties.get("SNFormat")
+        if isinstance(value, list):
+            offered += [str(v) for v in value if str(v) not in offered]
+    return offered
+
+
 class OpenScsClient:
     """OPEN-SCS client over one or more secured OPC UA sessions (see the module doc)."""
 
@@ -261,6 +272,14 @@ class OpenScsClient:
             if session.managers.get(role) is None:
                 raise UpstreamError(f"OPEN-SCS {session.url}: no {role} manager object under "
                                     "Objects/OPENSCSObjects", permanent=True)
+            offered = _offered_formats(session)
+            if offered and self.settings.sn_format not in offered:
+                # every call would be refused (InvalidSerialNumbersFormat) and its data
+                # dead-lettered, though only the setting is wrong
+                raise UpstreamError(
+                    f"upstream.openscs.sn_format {self.settings.sn_format!r} is not offered by "
+                    f"OPEN-SCS {session.url} (its SNFormat property lists "
+                    f"{', '.join(offered)})", permanent=True)
         except UpstreamError as exc:
             if exc.permanent and self._board is not None:
                 self._board.raise_alarm(K.UPSTREAM_ERROR, f"{role} manager", str(exc))
