@@ -189,6 +189,8 @@ def describe_type(tp: Any, meta: Mapping[str, Any] | None = None, *, plural: boo
         rest = [a for a in args if a is not type(None)]
         inner = " or ".join(describe_type(a, meta, plural=plural) for a in rest)
         return f"{inner} or null"
+    if origin in (list, tuple) and meta.get("choices"):  # a list whose items are choices
+        return "a list, each " + describe_type(args[0], meta)
     if origin is Literal or meta.get("choices"):
         options = list(args) if origin is Literal else list(meta["choices"])
         shown = [_show(o) for o in options]
