@@ -99,9 +99,12 @@ async def test_untrusted_server_is_refused_naming_the_file(scs: ScsServer,
         f.unlink()
     with pytest.raises(UpstreamError, match="untrusted certificate") as info:
         await OpenScsClient(settings).connect()
-    rejected = list((settings.trust_dir.parent / "rejected").iterdir())
+    # its own folder: public/rejected holds the status server's refused CLIENT certificates
+    rejected = list((settings.trust_dir.parent / "rejected-upstream").iterdir())
     assert len(rejected) == 1 and str(rejected[0]) in str(info.value)
+    assert not (settings.trust_dir.parent / "rejected").exists()
     assert str(settings.trust_dir) in str(info.value)
+    assert f"linegate trust accept {rejected[0].name}" in str(info.value)
     rejected[0].rename(settings.trust_dir / rejected[0].name)  # the operator trusts it
     await _roundtrip(settings)
 

@@ -5,7 +5,8 @@ Certificate and secured, authenticated sessions. ``ensure_application_certificat
 self-signed certificate whose SubjectAltName carries the configured ApplicationUri (and the host
 name) on first start, and keeps an existing one. ``check_trusted`` compares a server certificate
 with the certificates in the trust directory; an untrusted one is written next to it (into
-``<trust_dir>/../rejected/``) and refused with an error that names the file to move.
+``<trust_dir>/../rejected-upstream/``, see ``rejected_dir``) and refused with an error that
+names the file and how to trust it (``linegate trust accept NAME``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ from gateway.errors import UpstreamError
 log = logging.getLogger(__name__)
 
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+REJECTED_DIR_NAME = "rejected-upstream"
+
+
+def rejected_dir(trust_dir: Path) -> Path:
+    """Where refused OPEN-SCS server certificates are saved: ``<trust_dir>/../rejected-upstream``.
+
+    Never the status server's ``rejected`` folder (client certificates refused by our own
+    OPC UA server, gateway.status.security.trust_dirs): with the default layout both trust
+    dirs sit in ``public/``, and a server certificate saved among the rejected clients would be
+    accepted by ``linegate trust accept`` into the status server's client trust list, granting
+    that server access to our status server and leaving the upstream untrusted.
+    """
+    return trust_dir.parent / REJECTED_DIR_NAME
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -108,17 +122,18 @@ def trusted_thumbprints(trust_dir: Path) -> dict[str, Path]:
 def check_trusted(server_der: bytes, trust_dir: Path, endpoint: str) -> Path:
     """Return the trust-list file matching the server certificate, or refuse it.
 
-    The refused certificate is saved as ``<trust_dir>/../rejected/<thumbprint>.der`` and the
-    error names it: moving that file into ``trust_dir`` trusts the server.
+    The refused certificate is saved as ``rejected_dir(trust_dir)/<thumbprint>.der`` and the
+    error names it: ``linegate trust accept <thumbprint>.der`` (or moving that file into
+    ``trust_dir``) trusts the server.
     """
     tp = thumbprint(server_der)
     trusted = trusted_thumbprints(trust_dir)
     if tp in trusted:
         return trusted[tp]
-    rejected = trust_dir.parent / "rejected" / f"{tp}.der"
+    rejected = rejected_dir(trust_dir) / f"{tp}.der"
     rejected.parent.mkdir(parents=True, exist_ok=True)
     rejected.write_bytes(server_der)
     raise UpstreamError(
         f"OPEN-SCS server {endpoint} presented an untrusted certificate (thumbprint {tp}); it "
-        f"was saved as {rejected}: to trust this server move that file into {trust_dir}",
-        permanent=True)
+        f"was saved as {rejected}: to trust this server run 'linegate trust accept "
+        f"{rejected.name}' (or move that file into {trust_dir})", permanent=True)

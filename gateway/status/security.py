@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from adapters.openscs import certs as openscs_certs
 from gateway.errors import SettingsError
 from gateway.settings import OpcuaServerSettings, Settings, StatusUser
 
@@ -63,9 +64,18 @@ def cert_paths(settings: Settings) -> tuple[Path, Path]:
 
 
 def trust_dirs(settings: Settings) -> tuple[Path, Path]:
-    """(trust_dir, rejected_dir): rejected sits next to trust_dir (public/rejected)."""
+    """(trust_dir, rejected_dir) of the status server's CLIENT certificates: rejected sits
+    next to trust_dir (public/rejected)."""
     trusted = resolve(settings, settings.opcua_server.trust_dir)
     return trusted, trusted.parent / "rejected"
+
+
+def upstream_trust_dirs(settings: Settings) -> tuple[Path, Path]:
+    """(trust_dir, rejected_dir) of the OPEN-SCS upstream's SERVER certificates
+    (upstream.openscs.trust_dir and public/rejected-upstream beside it, where the OPEN-SCS
+    client saves a server certificate it refused): never the same folder as trust_dirs'."""
+    trusted = resolve(settings, settings.upstream.openscs.trust_dir)
+    return trusted, openscs_certs.rejected_dir(trusted)
 
 
 # --------------------------------------------------------------------------- policies
