@@ -66,6 +66,7 @@ def _load(path: Path):  # returns gateway.settings.Settings
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway import env_checks
     from gateway.settings_loader import summary
     from gateway.status.server import check_warnings
 
@@ -77,11 +78,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.settings}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
     errors, warnings = _split(check_warnings(settings))
+    errors = [f"{args.settings}: {error}" for error in errors]
+    errors += env_checks.check(settings)  # what only this machine can tell: binds, files
     for warning in [*settings.warnings, *warnings]:
         print(f"WARNING: {warning}", file=sys.stderr)
     if errors:
         for error in errors:
-            print(f"{args.settings}: {error}", file=sys.stderr)
+            print(error, file=sys.stderr)
         print(f"{args.settings}: {len(errors)} problem(s)", file=sys.stderr)
         return 2
     print(f"{args.settings}: OK — {summary(settings)}")
@@ -122,12 +125,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.logging.level)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    from gateway import env_checks
     from gateway.status.server import check_warnings
 
     errors, _ = _split(check_warnings(settings))  # the warnings are logged by the server
+    errors = [f"{args.settings}: {error}" for error in errors]
+    errors += env_checks.check(settings)  # a listener that cannot bind would only crash-loop
     if errors:
         for error in errors:
-            log.critical("%s: %s", args.settings, error)
+            log.critical("%s", error)
         return 2
     try:
         return asyncio.run(_run_until_signalled(settings))

@@ -91,3 +91,77 @@ def test_a_status_server_that_cannot_start_fails_check_and_run(tmp_path: Path):
     bad.write_text("{opcua_server: {enable: true, certificates: {enable: true}}}\n")
     out = linegate("check", "--settings", str(bad))
     assert out.returncode == 2 and str(tmp_path / "public" / "cert.pem") in out.stderr
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_check_and_run_refuse_listeners_that_cannot_bind_naming_the_key(tmp_path: Path):
+    """A port in use and an address that is not on this machine: check exit 2 with the key
+    and its position, and run refuses before starting anything (one line, no traceback)."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        settings = _write(tmp_path / "settings.json",
+                          "{\n"
+                          f"  oip: {{tcp: {{listen_port: {taken}}},\n"
+                          "        soap: {listen_address: '192.0.2.1'}},\n"  # TEST-NET-1
+                          "  upstream: {openscs: {enable: false}},\n"
+                          "}\n")
+        out = linegate("check", "--settings", str(settings))
+        assert out.returncode == 2, out.stdout + out.stderr
+        lines = out.stderr.splitlines()
+        assert any(line.startswith(f"{settings}:2:28: oip.tcp.listen_port: cannot listen on "
+                                   f"127.0.0.1:{taken}: Address already in use")
+                   for line in lines), out.stderr
+        assert any(line.startswith(f"{settings}:3:32: oip.soap.listen_address: cannot listen "
+                                   "on 192.0.2.1:7780: Cannot assign requested address")
+                   for line in lines), out.stderr
+        assert lines[-1] == f"{settings}: 2 problem(s)"
+
+        run = linegate("run", "--settings", str(settings), timeout=30)
+        assert run.returncode == 2, run.stderr
+        assert "Traceback" not in run.stderr and "linegate ready" not in run.stderr
+        assert f"oip.tcp.listen_port: cannot listen on 127.0.0.1:{taken}" in run.stderr
+        assert "outbox" not in run.stderr  # refused before anything was opened
+    finally:
+        holder.close()
+
+
+def test_check_refuses_missing_tls_and_aggregator_password_files(tmp_path: Path):
+    from tests.tooling import free_port
+
+    settings = _write(tmp_path / "settings.json",
+                      "{\n"
+                      f"  oip: {{tcp: {{listen_port: {free_port()}, tls: {{enable: true,\n"
+                      "          certificate_file: 'oip.pem'}}, soap: {enable: false}},\n"
+                      "  upstream: {openscs: {enable: false}},\n"
+                      "  opcua_server: {aggregator: {url: 'opc.tcp://127.0.0.1:4841/',\n"
+                      "                              password_file: 'secrets/lente.pw'}},\n"
+                      "}\n")
+    out = linegate("check", "--settings", str(settings))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    cert, key = tmp_path / "public" / "oip.pem", tmp_path / "public" / "key.pem"
+    assert (f"{settings}:3:29: oip.tcp.tls.certificate_file: {cert} does not exist "
+            "(oip.tcp.tls.enable is true)") in lines
+    assert any(line.startswith(f"{settings}:2:") and
+               f"oip.tcp.tls.private_key_file: {key} does not exist" in line for line in lines)
+    assert (f"{settings}:6:46: opcua_server.aggregator.password_file: "
+            f"{tmp_path / 'secrets' / 'lente.pw'} does not exist") in lines
+    assert lines[-1] == f"{settings}: 3 problem(s)"
+    # with the files in place the same settings pass
+    (tmp_path / "public").mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=linegate-test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "lente.pw").write_text("x\n")
+    out = linegate("check", "--settings", str(settings))
+    assert out.returncode == 0, out.stderr
