@@ -7,15 +7,21 @@ store is ready. Shutdown runs the other way: the station stops taking commands a
 ones get ``supervisor.shutdown_grace_s`` to commit, the listeners close, background services
 stop, and the outbox is closed (committed). ``restart()`` does the same and starts again in
 the same process (the status server's ``restart`` method uses it).
+
+Readiness: READY=1 goes to systemd (and "linegate ready" to the log) only once every listener
+(OIP TCP, OIP SOAP, the status server) is listening. A listener that cannot start (port in use,
+address not on this machine, TLS files missing) is logged as one line naming the settings key;
+while one is down the runtime says "not ready" with the reason (log and STATUS=) and keeps
+waiting while the supervisor retries it. A stop (SIGTERM) or restart ends the wait at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.oip.pattern import match_pattern
 from adapters.oip.soap import OipSoapServer
@@ -26,13 +32,17 @@ from adapters.openscs.upstream import OpenScsUpstream
 from gateway import sdnotify
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery
+from gateway.env_checks import bind_problem
+from gateway.errors import SettingsError
+from gateway.json5pos import KeyPath
 from gateway.model import DeliveryResult, Outcome, StoredMessage
 from gateway.outbox import Outbox
 from gateway.results import ResultBackup
 from gateway.settings import Settings
+from gateway.settings_loader import key_path
 from gateway.station import STREAM_RESULTS, Station
 from gateway.status import StatusServer, Uploader
-from gateway.supervisor import Service, supervise
+from gateway.supervisor import Service, StartFailed, supervise
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,47 @@ class Router:
         return await self._openscs.deliver(stream, batch)  # type: ignore[attr-defined]
 
 
+class Listener:
+    """A service that listens (OIP TCP or SOAP, the status server), as the runtime runs it:
+    ``ready`` while it listens; a failure to start (bind, TLS files) becomes ``StartFailed``
+    naming the settings key, and is kept in ``failure`` until it listens again."""
+
+    def __init__(self, inner: Any, settings: Settings, section: KeyPath, address: str,
+                 port: int) -> None:
+        self.inner = inner
+        self.name: str = inner.name
+        self.ready: asyncio.Event = inner.ready
+        self.failure: str | None = None
+        self._settings = settings
+        self._section = section
+        self._address = address
+        self._port = port
+
+    async def serve(self) -> None:
+        listening = asyncio.ensure_future(self.ready.wait())
+        listening.add_done_callback(self._listening)
+        try:
+            await self.inner.serve()
+        except OSError as exc:
+            if listening.done():
+                raise  # it had been listening: not a start failure
+            key, text = bind_problem(self._settings, self._section, self._address, self._port,
+                                     exc)
+            self.failure = f"{key_path(key)}: {text}"
+            raise StartFailed(self.failure) from None
+        except SettingsError as exc:  # the TLS or certificate files
+            if listening.done():
+                raise
+            self.failure = f"{key_path(self._section)}: {'; '.join(exc.problems)}"
+            raise StartFailed(self.failure) from None
+        finally:
+            listening.cancel()
+
+    def _listening(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled():
+            self.failure = None
+
+
 @dataclass
 class Components:
     """What one start of the runtime built (tests and the demo look inside)."""
@@ -70,6 +121,7 @@ class Components:
     station: Station
     ingress: list[Service] = field(default_factory=list)
     background: list[Service] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)  # in ingress or background
     client: OpenScsClient | None = None
     reserve: Reserve | None = None
 
@@ -118,16 +170,28 @@ class Runtime:
             comps.background.append(client)
         if reserve is not None:
             comps.background.append(reserve)
+        ua = s.opcua_server
         status: StatusServer | None = None
-        if s.opcua_server.enable:
+        if ua.enable:
             status = StatusServer(s, self.board, self.restart, close_order=station.close_order)
-            comps.background.append(status)
-        if s.opcua_server.aggregator.url:
+            port = ua.listen_port_lente if s.station.role == "lente" else ua.listen_port_prism
+            comps.listeners.append(Listener(status, s, ("opcua_server",), ua.listen_address,
+                                            port))
+            comps.background.append(comps.listeners[-1])
+        if ua.aggregator.url:
             comps.background.append(Uploader(s, self.board, source=status))
         if s.oip.tcp.enable:
-            comps.ingress.append(OipTcpServer(s.oip, station, self.board))
+            tcp = s.oip.tcp
+            comps.listeners.append(Listener(OipTcpServer(s.oip, station, self.board), s,
+                                            ("oip", "tcp"), tcp.listen_address,
+                                            tcp.listen_port))
+            comps.ingress.append(comps.listeners[-1])
         if s.oip.soap.enable:
-            comps.ingress.append(OipSoapServer(s.oip, station, self.board))
+            soap = s.oip.soap
+            comps.listeners.append(Listener(OipSoapServer(s.oip, station, self.board), s,
+                                            ("oip", "soap"), soap.listen_address,
+                                            soap.listen_port))
+            comps.ingress.append(comps.listeners[-1])
         return comps
 
     async def _run_once(self, stop: asyncio.Event) -> bool:
@@ -143,21 +207,15 @@ class Runtime:
                 ingress = [tg.create_task(supervise(svc, sup, self.board), name=svc.name)
                            for svc in comps.ingress]
                 watchdog = tg.create_task(self._watchdog(), name="watchdog")
-                # READY once the listeners (and the status server) are up: background
-                # services without a ready event (delivery, upstream client) need no wait
-                await self._wait_ready([*comps.background, *comps.ingress])
-                self.ready.set()
-                sdnotify.notify("READY=1\nSTATUS=running")
-                log.info("linegate ready: station %s (%s), %d ingress, %d background services",
-                         self.settings.station.name, self.settings.station.role,
-                         len(ingress), len(background))
-                waiters = [asyncio.ensure_future(stop.wait()),
-                           asyncio.ensure_future(self._restart.wait())]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
+                # READY once every listener (and the status server) is up: background
+                # services without a listener (delivery, upstream client) need no wait
+                if await self._wait_ready(comps.listeners, stop):
+                    self.ready.set()
+                    sdnotify.notify("READY=1\nSTATUS=running")
+                    log.info("linegate ready: station %s (%s), %d ingress, %d background "
+                             "services", self.settings.station.name,
+                             self.settings.station.role, len(ingress), len(background))
+                    await self._until_stop_or_restart(stop)
                 self.ready.clear()
                 sdnotify.notify("STOPPING=1")
                 restarting = self._restart.is_set() and not stop.is_set()
@@ -176,13 +234,35 @@ class Runtime:
             log.info("outbox closed")
         return restarting
 
-    @staticmethod
-    async def _wait_ready(services: Sequence[Service]) -> None:
-        for svc in services:
-            ready = getattr(svc, "ready", None)
-            if isinstance(ready, asyncio.Event):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), 10)
+    async def _until_stop_or_restart(self, stop: asyncio.Event, poll_s: float | None = None
+                                     ) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()),
+                   asyncio.ensure_future(self._restart.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _wait_ready(self, listeners: Sequence[Listener], stop: asyncio.Event) -> bool:
+        """True once every listener listens; False when a stop or restart comes first.
+
+        No timeout: a listener that cannot start is retried by its supervisor, and until it
+        listens the gateway is not ready (systemd's start timeout decides what then), which is
+        said once per change of reason in the log and in systemd's STATUS=."""
+        said: list[str] = []
+        while not (stop.is_set() or self._restart.is_set()):
+            waiting = [lst for lst in listeners if not lst.ready.is_set()]
+            if not waiting:
+                return True
+            failing = [lst.failure for lst in waiting if lst.failure]
+            if failing and failing != said:
+                reason = "; ".join(failing)
+                log.error("linegate not ready: %s", reason)
+                sdnotify.notify(f"STATUS=not ready: {reason}")
+                said = failing
+            await self._until_stop_or_restart(stop, poll_s=0.1)
+        return False
 
     @staticmethod
     async def _watchdog() -> None:

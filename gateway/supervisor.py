@@ -6,6 +6,10 @@ failure is logged with its traceback, the board shows the adapter as failed, and
 started again after a capped exponential backoff with jitter. A service that ran for a while
 before failing starts again from the initial delay. This is the one place in linegate where
 ``except Exception`` is right: a broken adapter must never take the gateway down.
+
+A service that cannot start for a reason of the machine or the settings (a port in use, an
+address that is not here, a missing certificate) raises ``StartFailed``: that is logged as one
+line that names the settings key and the cause, not as a traceback, since it is not a bug.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from gateway.settings import SupervisorSettings
 log = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
+
+
+class StartFailed(Exception):
+    """A service could not start for a reason the operator fixes (its text says which key and
+    why); the supervisor logs it as one line and retries like any failure."""
 
 
 class Service(Protocol):
@@ -49,17 +58,25 @@ async def supervise(service: Service, settings: SupervisorSettings, board: Statu
         except asyncio.CancelledError:
             board.set_adapter(service.name, "stopped")
             raise
+        except StartFailed as exc:
+            cannot_start: StartFailed | None = exc
+            reason = f"cannot start ({exc})"
         except Exception:  # the supervisor contains failures
             log.exception("service %s failed", service.name)
-            reason = "failed"
+            cannot_start, reason = None, "failed"
         else:
             log.error("service %s returned on its own; restarting it", service.name)
-            reason = "exited"
+            cannot_start, reason = None, "exited"
         board.incr(f"restarts_{service.name}")
         if time.monotonic() - started > HEALTHY_AFTER_S:
             attempt = 0
         delay = backoff_delay(attempt, settings.restart_initial_s, settings.restart_max_s)
         attempt += 1
         board.set_adapter(service.name, f"{reason}, restarting in {delay:.1f} s")
-        log.warning("service %s %s; restart %d in %.1f s", service.name, reason, attempt, delay)
+        if cannot_start is not None:  # one line: the key and the cause, no traceback
+            log.error("service %s cannot start: %s; retry %d in %.1f s", service.name,
+                      cannot_start, attempt, delay)
+        else:
+            log.warning("service %s %s; restart %d in %.1f s", service.name, reason, attempt,
+                        delay)
         await asyncio.sleep(delay)

@@ -11,7 +11,7 @@ import pytest
 from gateway import sdnotify
 from gateway.board import StatusBoard
 from gateway.settings import SupervisorSettings
-from gateway.supervisor import backoff_delay, supervise
+from gateway.supervisor import StartFailed, backoff_delay, supervise
 
 
 class Flaky:
@@ -46,6 +46,33 @@ async def test_crashing_service_is_restarted_until_it_serves(caplog: pytest.LogC
     with pytest.raises(asyncio.CancelledError):
         await task
     assert board.adapters["flaky"] == "stopped"
+
+
+async def test_a_start_failure_is_one_line_and_is_retried(caplog: pytest.LogCaptureFixture):
+    class CannotBind:
+        name = "listener"
+        runs = 0
+
+        async def serve(self) -> None:
+            CannotBind.runs += 1
+            raise StartFailed("oip.tcp.listen_port: cannot listen on 127.0.0.1:1: in use")
+
+    board = StatusBoard()
+    task = asyncio.create_task(supervise(CannotBind(), SupervisorSettings(
+        restart_initial_s=0.01, restart_max_s=0.01), board))
+    for _ in range(500):
+        if CannotBind.runs >= 3:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    records = [r for r in caplog.records if r.name == "gateway.supervisor"]
+    assert len(records) >= 2 and all(r.exc_info is None for r in records)
+    assert all(r.getMessage().startswith("service listener cannot start: oip.tcp.listen_port: "
+                                         "cannot listen on 127.0.0.1:1: in use; retry ")
+               for r in records)
+    assert "Traceback" not in caplog.text
 
 
 async def test_service_that_returns_is_restarted_too():
