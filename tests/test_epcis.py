@@ -244,3 +244,48 @@ def test_time_zone_offsets_follow_the_xsd(
     doc = with_(b'creationDate="2026-05-04T08:00:00.000+02:00"', f'creationDate="{stamp}"'.encode())
     assert schema.validate(etree.fromstring(doc)) is valid
     assert (validate_epcis(doc) == []) is valid
+
+
+BUILD_MISUSE = [
+    (
+        "offset with seconds",
+        {"event_time": datetime(2026, 1, 1, 8, tzinfo=timezone(timedelta(hours=1, seconds=30)))},
+        ValueError,
+        r"event_time: time zone offset 1:00:30 has seconds",
+    ),
+    (
+        "offset beyond 14:00",
+        {"event_time": datetime(2026, 1, 1, 8, tzinfo=timezone(timedelta(hours=15)))},
+        ValueError,
+        r"event_time: .*beyond ±14:00",
+    ),
+    ("ilmd name", {"ilmd": {"lot number": "x"}}, ValueError, r"ilmd: 'lot number' is not an XML"),
+    ("ilmd text", {"ilmd": {"lotNumber": "a\x01b"}}, ValueError, r"ilmd\['lotNumber'\]"),
+    ("time as text", {"event_time": "2026-01-01T00:00Z"}, TypeError, r"event_time: expected a"),
+    ("bare epc string", {"epcs": SSCC}, TypeError, r"epcs: expected a sequence"),
+    ("epc not a string", {"epcs": (None,)}, TypeError, r"epcs: EPC URIs must be strings"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "error", "match"), BUILD_MISUSE, ids=[b[0] for b in BUILD_MISUSE]
+)
+def test_builder_refuses_bad_fields_naming_them(
+    name: str, change: dict, error: type[Exception], match: str
+) -> None:
+    fields: dict = {"bizstep": "commissioning", "epcs": (SSCC,), "event_time": T0, **change}
+    with pytest.raises(error, match=match) as caught:
+        build_document([ObjectEvent(**fields)], created=T0)
+    assert isinstance(caught.value, LocalProtocolError)  # our bug, as the other misuses
+
+
+def test_builder_writes_whole_minute_offsets_up_to_14_hours(schema: etree.XMLSchema) -> None:
+    for hours, minutes, text in [(14, 0, "+14:00"), (-14, 0, "-14:00"), (-9, -30, "-09:30"),
+                                 (5, 45, "+05:45")]:
+        when = datetime(2026, 1, 1, 8, tzinfo=timezone(timedelta(hours=hours, minutes=minutes)))
+        doc = build_document([ObjectEvent("commissioning", (SSCC,), when)], created=when)
+        assert f"<eventTimeZoneOffset>{text}</eventTimeZoneOffset>".encode() in doc
+        assert schema.validate(etree.fromstring(doc)), schema.error_log
+        assert validate_epcis(doc) == []
+    with pytest.raises(TypeError, match="created: expected a datetime"):
+        build_document([], created="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
