@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -162,15 +165,60 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.status import cli as status_cli
 
     setup_logging("WARNING")
+    path = getattr(args, "settings", None) or DEFAULT_SETTINGS
     try:
-        settings = _load(getattr(args, "settings", None) or DEFAULT_SETTINGS)
+        if args.command == "outbox":
+            # the outbox must be readable exactly when something else in the settings is
+            # wrong: only store.* has to be valid, the rest is printed as warnings
+            settings, others = _load_store_only(path)
+            for problem in others:
+                print(f"WARNING: {problem}", file=sys.stderr)
+            return int(outbox_cli.run(args, settings))
+        settings = _load(path)
     except SettingsError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    if args.command == "outbox":
-        return int(outbox_cli.run(args, settings))
     return int(status_cli.run(args, settings))
+
+
+def _load_store_only(path: Path):  # -> (gateway.settings.Settings, problems elsewhere)
+    """Settings for commands that only touch the outbox: the file must parse and ``store.*``
+    must be valid; problems of other keys are returned (to print as warnings) instead of
+    raised, and their sections take their defaults."""
+    import pyjson5
+
+    from gateway.settings_loader import load_settings_text
+
+    try:
+        settings = _load(path)
+        return settings, list(settings.warnings)
+    except SettingsError as exc:
+        problems = exc.problems
+    fatal = [p for p in problems if not _is_about_other_keys(p, str(path))]
+    if fatal:
+        raise SettingsError(fatal)
+    text = Path(path).read_bytes().decode("utf-8-sig")  # read and parsed above already
+    data = pyjson5.decode(text)
+    store = data.get("store", {}) if isinstance(data, dict) else {}
+    settings = load_settings_text(json.dumps({"store": store}), source=str(path),
+                                  root=Path(os.path.abspath(path)).parent)
+    return settings, problems
+
+
+_PROBLEM = re.compile(r":\d+:\d+: ([A-Za-z_][\w.\[\]]*): ")
+
+
+def _is_about_other_keys(problem: str, source: str) -> bool:
+    """True for a rendered problem ``SOURCE:LINE:COL: key: text`` of a key outside store.*;
+    syntax errors, unreadable files and store.* problems are not."""
+    if not problem.startswith(source):
+        return False
+    match = _PROBLEM.match(problem, len(source))
+    if match is None:
+        return False
+    key = match.group(1)
+    return key != "store" and not key.startswith(("store.", "store["))
 
 
 if __name__ == "__main__":

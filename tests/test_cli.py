@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -165,3 +166,53 @@ def test_check_refuses_missing_tls_and_aggregator_password_files(tmp_path: Path)
     (tmp_path / "secrets" / "lente.pw").write_text("x\n")
     out = linegate("check", "--settings", str(settings))
     assert out.returncode == 0, out.stderr
+
+
+def _outbox_with_messages(store: Path, count: int) -> None:
+    import asyncio
+
+    from gateway.model import NewMessage
+    from gateway.outbox import Outbox
+    from gateway.settings import StoreSettings
+
+    async def fill() -> None:
+        ob = await Outbox.open(StoreSettings(path=store))
+        await ob.submit([NewMessage("event", "K", f"k{i}", {"b": "x" * 500})
+                         for i in range(count)])
+        await ob.close()
+
+    asyncio.run(fill())
+
+
+def test_outbox_commands_need_only_a_valid_store_section(tmp_path: Path):
+    """The outbox is inspected exactly when something else is wrong: the other problems are
+    warnings, only store.* must be valid."""
+    _outbox_with_messages(tmp_path / "data" / "o.sqlite", 3)
+    secret = tmp_path / "up.password"
+    secret.write_text("pw\n")
+    secret.chmod(0o644)  # refused by check and run (must be 0600)
+    settings = _write(tmp_path / "settings.json",
+                      "{\n"
+                      "  store: {path: 'data/o.sqlite'},\n"
+                      "  upstream: {openscs: {username: 'gw', password_file: 'up.password'}},\n"
+                      "  reserve: {low_water: 50, fill_to: 10},\n"
+                      "}\n")
+    assert linegate("check", "--settings", str(settings)).returncode == 2
+    out = linegate("outbox", "stats", "--json", "--settings", str(settings))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pending"] == 3
+    warnings = out.stderr.splitlines()
+    assert any(w.startswith(f"WARNING: {settings}:3:") and
+               "upstream.openscs.password_file" in w and "0644" in w for w in warnings), warnings
+    assert any(w.startswith(f"WARNING: {settings}:4:") and "reserve.low_water" in w
+               for w in warnings), warnings
+    out = linegate("outbox", "dead", "list", "--settings", str(settings))
+    assert out.returncode == 0 and "no dead letters" in out.stdout, out.stderr
+
+    # store.* itself must be valid: that is still an error, with its position
+    settings.write_text("{\n  store: {path: 'data/o.sqlite', max_bytes: 10},\n"
+                        "  reserve: {low_water: 50, fill_to: 10},\n}\n")
+    out = linegate("outbox", "stats", "--settings", str(settings))
+    assert out.returncode == 2
+    assert f"{settings}:2:45: store.max_bytes: expected an integer >= 65536" in out.stderr
+    assert "reserve.low_water" not in out.stderr and out.stdout == ""
