@@ -191,8 +191,7 @@ def _load_store_only(path: Path):  # -> (gateway.settings.Settings, problems els
     from gateway.settings_loader import load_settings_text
 
     try:
-        settings = _load(path)
-        return settings, list(settings.warnings)
+        return _load(path), []  # (its warnings are check's and run's business)
     except SettingsError as exc:
         problems = exc.problems
     fatal = [p for p in problems if not _is_about_other_keys(p, str(path))]

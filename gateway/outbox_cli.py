@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import LinegateError
-from gateway.outbox import Outbox
+from gateway.outbox import SQLITE_CORRUPT, SQLITE_NOTADB, Outbox
 from gateway.outbox_stats import DeadLetter, OutboxStats, fmt_bytes
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_STORE = 0, 1, 3
@@ -61,9 +61,27 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     try:
         return asyncio.run(_with_outbox(settings.store, lambda ob: _dispatch(ob, args),
                                         read_only))
+    except sqlite3.DatabaseError as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            print(corrupt_text(path, exc), file=sys.stderr)
+        else:
+            print(f"outbox {path} (store.path): {exc}", file=sys.stderr)
+        return EXIT_STORE
     except (LinegateError, sqlite3.Error) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_STORE
+
+
+def corrupt_text(path: Path, exc: Exception) -> str:
+    """What a corrupt outbox found while reading means and what to do (gateway/OUTBOX.md)."""
+    return (f"outbox {path} (store.path) is corrupt: {exc}. Nothing was changed (read-only).\n"
+            "Next: restart the gateway. At its start it moves the file aside as "
+            f"{path.name}.corrupt-<UTC time> (with its -wal/-shm) and stops with exit 3 rather "
+            "than start on an empty outbox. Save that file for recovery (e.g. "
+            f"`sqlite3 {path.name}.corrupt-<time> .recover`), move it out of {path.parent}, "
+            "then start the gateway again. See gateway/OUTBOX.md, \"Start-up, migration, "
+            "corruption, retention\".")
 
 
 async def _with_outbox(store: Any, fn: Callable[[Outbox], Awaitable[int]],

@@ -216,3 +216,31 @@ def test_outbox_commands_need_only_a_valid_store_section(tmp_path: Path):
     assert out.returncode == 2
     assert f"{settings}:2:45: store.max_bytes: expected an integer >= 65536" in out.stderr
     assert "reserve.low_water" not in out.stderr and out.stdout == ""
+
+
+def test_outbox_stats_on_a_corrupt_store_names_the_file_and_the_next_step(tmp_path: Path):
+    """A store whose header is fine but whose pages are not: the reader names the file and
+    says what to do, and what it says is what the gateway then does at its start."""
+    from tests.tooling import free_port
+
+    store = tmp_path / "data" / "o.sqlite"
+    _outbox_with_messages(store, 300)
+    image = bytearray(store.read_bytes())
+    page = int.from_bytes(image[16:18], "big")
+    image[page:] = b"\xff" * (len(image) - page)  # every page after the first
+    store.write_bytes(bytes(image))
+    settings = _write(tmp_path / "settings.json",
+                      "{store: {path: 'data/o.sqlite'}, upstream: {openscs: {enable: false}},\n"
+                      f" oip: {{tcp: {{listen_port: {free_port()}}}, soap: {{enable: false}}}}}}\n")
+    out = linegate("outbox", "stats", "--settings", str(settings))
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"outbox {store} (store.path) is corrupt: " in out.stderr
+    assert "restart the gateway" in out.stderr and "gateway/OUTBOX.md" in out.stderr
+    assert f"move it out of {store.parent}" in out.stderr
+    assert store.read_bytes() == bytes(image)  # nothing changed
+
+    run = linegate("run", "--settings", str(settings), timeout=60)
+    assert run.returncode == 3, run.stderr
+    moved = [p.name for p in store.parent.iterdir() if p.name.startswith("o.sqlite.corrupt-")]
+    assert len(moved) == 1 and not store.exists()
