@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,9 +19,10 @@ from adapters.openscs.upstream import OpenScsUpstream
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery
 from gateway.errors import RemoteProtocolError
-from gateway.model import Refusal, SerialNumberState
+from gateway.model import Refusal, ReturnStatus, SerialNumberState
 from gateway.outbox import Outbox
 from gateway.settings import DeliverySettings, OpenScsSettings, ReserveSettings, StoreSettings
+from gateway.status.fields import board_values
 from tests.test_openscs_client_fixture import running_server, wait_until
 from tools.faultproxy import FaultProxy
 from tools.openscs_server.server import ReferenceServer
@@ -203,5 +206,85 @@ async def test_a_refill_that_fails_on_a_later_page_keeps_the_earlier_pages(
             taken = await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "G", 10))
             assert sorted(taken.hook_result) == [f"SN{n:06d}" for n in range(1, 11)]
         finally:
+            await client.close()
+            await outbox.close()
+
+
+def _alarms(board: StatusBoard) -> dict[str, object]:
+    return json.loads(str(board_values(board, None)["alarms"]))
+
+
+async def test_an_empty_reserve_nak_says_the_refill_state(tmp_path: Path) -> None:
+    """Not "(upstream refill pending: ok)" when nothing was ever refilled, nor when the last
+    refill failed: the NAK says which."""
+    async with running_server(tmp_path / "srv") as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=20))
+
+        async def nak() -> str:
+            with pytest.raises(RemoteProtocolError) as info:
+                await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "G", 2))
+            assert info.value.refusal is Refusal.RESERVE_EMPTY
+            return str(info.value)
+
+        try:
+            text = await nak()
+            assert "holds 0, PRINT asked for 2 (never refilled yet" in text and ": ok" not in text
+            srv.script["SNRequestAllocated"] = [ua.StatusCode(ua.StatusCodes.BadTimeout)]
+            await reserve.run_once()
+            text = await nak()
+            assert "last upstream refill failed: SNRequestAllocated: BadTimeout" in text
+        finally:
+            await client.close()
+            await outbox.close()
+
+
+async def test_a_permanent_refusal_alarms_logs_once_and_backs_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream answers InvalidSelectionCriteria (6) for a selection it does not know: the
+    reserve_error alarm names it, ERROR is logged once, the refill is retried with a capped
+    exponential backoff (not every check interval, not on every PRINT) and a later success
+    clears the alarm."""
+    async with running_server(tmp_path / "srv") as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        board = StatusBoard()
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=20, check_interval_s=0.05),
+                          board=board, refused_backoff_s=0.4, refused_backoff_max_s=0.8)
+        srv.script["SNRequestAllocated"] = [ReturnStatus.InvalidSelectionCriteria] * 100
+        task = asyncio.create_task(reserve.serve())
+        try:
+            with caplog.at_level(logging.INFO, logger="adapters.openscs.reserve"):
+                await wait_until(lambda: srv.recorded("SNRequestAllocated"))
+                await wait_until(lambda: "reserve_error" in _alarms(board))
+                alarm = _alarms(board)["reserve_error"]
+                assert "InvalidSelectionCriteria (6)" in alarm["G"]  # type: ignore[index]
+                for _ in range(5):  # PRINTs wake the loop; they do not cut the backoff short
+                    with pytest.raises(RemoteProtocolError) as info:
+                        await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "G", 2))
+                    assert "upstream refused the refill: SNRequestAllocated: ReturnStatus " \
+                        "InvalidSelectionCriteria (6); next try in" in str(info.value)
+                await asyncio.sleep(1.5)
+                calls = len(srv.recorded("SNRequestAllocated"))
+                # at 0, 0.4, 1.2 (0.4 doubled, capped at 0.8): not every 0.05 s round (~30)
+                assert 2 <= calls <= 4, calls
+            mine = [r for r in caplog.records if r.name == "adapters.openscs.reserve"]
+            loud = [r for r in mine if r.levelno >= logging.WARNING]
+            assert len(loud) == 1 and loud[0].levelno == logging.ERROR, loud
+            assert "refused the refill of 20 permanently" in loud[0].getMessage()
+
+            srv.script["SNRequestAllocated"] = []  # the upstream learns the selection
+            await wait_until(lambda: reserve.level("G") == 20, 10)
+            await wait_until(lambda: "reserve_error" not in _alarms(board), 5)
+            assert not reserve.last_error
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
             await client.close()
             await outbox.close()

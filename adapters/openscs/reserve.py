@@ -28,8 +28,15 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
 ``serve()`` (the supervisor's service) keeps every selection (``reserve.selections`` plus those
 PRINT has asked for) above ``low_water`` by requesting up to ``fill_to`` with SNRequestAllocated
 (split at MaxSNRequestable, following RequestTokens), queues returns, and refreshes the levels
-that ``level(selection)`` / ``levels()`` report to the status board. A refill that fails (upstream
-down) is retried on the next round; printing goes on from what is left.
+that ``level(selection)`` / ``levels()`` report to the status board. A refill that fails for a
+passing reason (upstream down, timeout, pool short of numbers) is retried on the next round;
+printing goes on from what is left. A refill the upstream refuses PERMANENTLY (Decision
+PERMANENT, e.g. ReturnStatus InvalidSelectionCriteria for a selection it does not know) is
+logged as ERROR once and backed off per selection (``refused_backoff_s`` doubling up to
+``refused_backoff_max_s``, default 30 s .. 10 min; a PRINT does not cut the wait short). Every
+failing selection is in the ``reserve_error`` alarm (``{selection: reason}``) until a refill of
+it succeeds. A PRINT refused for an empty reserve says the refill state: never refilled yet,
+in progress, the last failure or refusal (with the next try), or when the last one came.
 
 Row states: 0 available, 1 issued to an order (printed), 3 closed unused (to be reported
 scrapped). Used and reported serial numbers are deleted.
@@ -43,6 +50,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.openscs.client import OpenScsClient
@@ -74,6 +82,20 @@ CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
 
 
+@dataclass
+class RefillState:
+    """One selection's refill history (read by ``take_in`` for the NAK text, which may run in
+    the outbox's thread: plain attribute reads of values written on the loop)."""
+
+    error: str = ""  # why the last refill failed; "" when it worked
+    refused: bool = False  # the upstream refused it permanently: backing off
+    refusals: int = 0  # consecutive permanent refusals (the backoff exponent)
+    retry_at: float = 0.0  # time.monotonic() before which no refill is attempted
+    last_ok_at: float | None = None  # time.time() of the last refill that stored numbers
+    last_added: int = 0
+    running: bool = False
+
+
 class _NothingLeft(Exception):
     """Raised in a hook to commit nothing (the job is rolled back)."""
 
@@ -97,8 +119,12 @@ class Reserve:
     name = "openscs-reserve"
 
     def __init__(self, outbox: OutboxLike, client: OpenScsClient,
-                 settings: ReserveSettings, *, board: StatusBoard | None = None) -> None:
+                 settings: ReserveSettings, *, board: StatusBoard | None = None,
+                 refused_backoff_s: float = 30.0, refused_backoff_max_s: float = 600.0) -> None:
         self._board = board
+        self._refused_backoff_s = refused_backoff_s
+        self._refused_backoff_max_s = max(refused_backoff_max_s, refused_backoff_s)
+        self._refills: dict[str, RefillState] = {}
         self._outbox = outbox
         self._client = client
         self._settings = settings
@@ -107,7 +133,6 @@ class Reserve:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._schema_ready = False
-        self.last_error = ""
 
     # ------------------------------------------------------------------ status
 
@@ -117,6 +142,41 @@ class Reserve:
 
     def levels(self) -> dict[str, int]:
         return dict(self._levels)
+
+    def errors(self) -> dict[str, str]:
+        """The ``reserve_error`` alarm: selection -> why its refill fails ({} when none)."""
+        out = {}
+        for selection, st in sorted(self._refills.items()):
+            if st.error:
+                out[selection] = (f"refill refused by the upstream: {st.error}" if st.refused
+                                  else f"refill failed: {st.error}")
+        return out
+
+    @property
+    def last_error(self) -> str:
+        """Every failing selection's reason in one line ("" when all refills work)."""
+        return "; ".join(f"{s}: {e}" for s, e in self.errors().items())
+
+    def refill_state(self, selection: str) -> str:
+        """What the refill of ``selection`` is doing, for an operator reading a NAK."""
+        st = self._refills.get(selection)
+        if st is not None and st.running:
+            return "upstream refill in progress"
+        if st is not None and st.refused:
+            wait = max(0.0, st.retry_at - time.monotonic())
+            return f"upstream refused the refill: {st.error}; next try in {wait:.0f} s"
+        if st is not None and st.error:
+            return f"last upstream refill failed: {st.error}; retrying"
+        if st is None or st.last_ok_at is None:
+            return "never refilled yet; refill requested"
+        ago = max(0.0, time.time() - st.last_ok_at)
+        return (f"last upstream refill {ago:.0f} s ago brought {st.last_added}; refill "
+                "requested")
+
+    def _publish(self) -> None:
+        if self._board is not None:
+            self._board.set_health(board_keys.RESERVE_LEVEL, self.levels())
+            self._board.set_health(board_keys.RESERVE_ERROR, self.errors() or "")
 
     # ------------------------------------------------------------------ sync, inside hooks
 
@@ -139,7 +199,7 @@ class Reserve:
             raise RemoteProtocolError(
                 Refusal.RESERVE_EMPTY,
                 f"serial-number reserve for selection {selection!r} holds {len(rows)}, PRINT "
-                f"asked for {count} (upstream refill pending: {self.last_error or 'ok'})")
+                f"asked for {count} ({self.refill_state(selection)})")
         serials = [r[0] for r in rows]
         conn.execute("INSERT OR IGNORE INTO reserve_selections (selection) VALUES (?)",
                      (selection,))
@@ -199,12 +259,12 @@ class Reserve:
             self._schema_ready = True
         await self.queue_returns()
         await self.refresh()
+        now = time.monotonic()
         for selection, level in sorted(self._levels.items()):
-            if level < self._settings.low_water:
+            st = self._refills.get(selection)
+            if level < self._settings.low_water and (st is None or now >= st.retry_at):
                 await self.refill(selection, self._settings.fill_to - level)
-        if self._board is not None:
-            self._board.set_health(board_keys.RESERVE_LEVEL, self.levels())
-            self._board.set_health(board_keys.RESERVE_ERROR, self.last_error)
+        self._publish()
 
     async def refresh(self) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> dict[str, int]:
@@ -223,23 +283,40 @@ class Reserve:
         """Request ``count`` Allocated serial numbers for ``selection``; returns how many came."""
         if count <= 0:
             return 0
-        result = await self._client.request(SerialNumberState.Allocated, count,
-                                            selection=selection,
-                                            token=self._tokens.pop(selection, ""))
+        st = self._refills.setdefault(selection, RefillState())
+        try:
+            return await self._refill(selection, count, st)
+        finally:
+            self._publish()
+
+    async def _refill(self, selection: str, count: int, st: RefillState) -> int:
+        st.running = True
+        try:
+            result = await self._client.request(SerialNumberState.Allocated, count,
+                                                selection=selection,
+                                                token=self._tokens.pop(selection, ""))
+        finally:
+            st.running = False
         if result.token:
             self._tokens[selection] = result.token
         serials = result.serials
-        if result.verdict.decision not in (Decision.DONE, Decision.PARTIAL):
-            self.last_error = result.verdict.reason
+        decision, reason = result.verdict.decision, result.verdict.reason
+        if decision is Decision.PERMANENT:
+            self._refused(selection, count, st, reason, len(serials))
+        elif decision not in (Decision.DONE, Decision.PARTIAL):
+            st.error, st.refused, st.retry_at = reason, False, 0.0
             log.warning("reserve %r: refill of %d failed (%s)%s; %d left", selection, count,
-                        result.verdict.reason, f" after {len(serials)} arrived" if serials
-                        else "", self.level(selection))
-            if not serials:
-                return 0
-            # earlier pages were handed out (Allocated upstream): keep them, or they are lost
+                        reason, f" after {len(serials)} arrived" if serials else "",
+                        self.level(selection))
         else:
-            self.last_error = "" if result.verdict.decision is Decision.DONE else \
-                result.verdict.reason
+            if st.refused or st.error:
+                log.info("reserve %r: refill works again (it failed: %s)", selection, st.error)
+            st.error = "" if decision is Decision.DONE else reason
+            st.refused, st.refusals, st.retry_at = False, 0, 0.0
+        if decision not in (Decision.DONE, Decision.PARTIAL) and not serials:
+            return 0
+        # on a failure after earlier pages: those were handed out (Allocated upstream), keep
+        # them, or they are lost
         coll = result.collection
         pool_id = (coll.AssociatedPoolID or coll.ID) if coll is not None else ""
         now = time.time()
@@ -261,15 +338,36 @@ class Reserve:
             log.error("reserve %r: %d serial number(s) handed out by the upstream could not be "
                       "stored (%s); they stay Allocated upstream: %s", selection, len(serials),
                       exc.reason, ",".join(serials))
-            self.last_error = exc.reason
+            st.error = exc.reason
             return 0
         if added != len(serials):
             log.error("reserve %r: upstream handed out %d serial number(s) already in the "
                       "reserve", selection, len(serials) - added)
         self._levels[selection] = self._levels.get(selection, 0) + added
+        st.last_ok_at, st.last_added = time.time(), added
         log.info("reserve %r: +%d serial number(s) (%s), level %d", selection, added,
                  result.verdict.decision.value, self._levels[selection])
         return added
+
+    def _refused(self, selection: str, count: int, st: RefillState, reason: str,
+                 arrived: int) -> None:
+        """A permanent refusal: the same request will not succeed by retrying it every round.
+        ERROR once (again only if the reason changes), then back off, doubling to the cap."""
+        st.refusals += 1
+        delay = min(self._refused_backoff_max_s,
+                    self._refused_backoff_s * 2 ** min(st.refusals - 1, 32))
+        st.retry_at = time.monotonic() + delay
+        first = not st.refused or st.error != reason
+        st.error, st.refused = reason, True
+        after = f" after {arrived} arrived" if arrived else ""
+        if first:
+            log.error("reserve %r: the upstream refused the refill of %d permanently (%s)%s; "
+                      "%d left; next try in %.0f s, backing off up to %.0f s (check "
+                      "reserve.selections and the upstream's pools)", selection, count, reason,
+                      after, self.level(selection), delay, self._refused_backoff_max_s)
+        else:
+            log.info("reserve %r: refill still refused (%s)%s; next try in %.0f s", selection,
+                     reason, after, delay)
 
     async def queue_returns(self) -> int:
         """Turn the closed orders' printed, unused serial numbers into LabelsScrappingEvent
