@@ -14,7 +14,14 @@ from asyncua import ua
 from gateway.board import StatusBoard
 from gateway.status import Uploader
 from gateway.status import security as sec
-from gateway.status.aggregator import UploadRejected, parse_upload
+from gateway.status.aggregator import (
+    MAX_JSON_BYTES,
+    MAX_STATION_BYTES,
+    MAX_STATIONS,
+    UploadRejected,
+    listing_cost,
+    parse_upload,
+)
 from tests.test_status_support import (
     connect,
     eventually,
@@ -182,3 +189,90 @@ async def test_uploader_retries_until_the_aggregator_appears(tmp_path, caplog) -
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def _children(client, idx: int, path: str) -> set[str]:
+    nodes = await client.get_node(ua.NodeId(path, idx)).get_children()
+    return {(await n.read_browse_name()).Name for n in nodes}
+
+
+async def test_a_field_the_station_stops_sending_leaves_node_and_listing(tmp_path) -> None:
+    lente = make_settings(tmp_path, role="lente", certs=False, security_policies=["NoSecurity"])
+    async with running(lente) as srv:
+        client = await connect(lente)
+        try:
+            idx, status = await status_node(client)
+
+            async def upload(fields: dict) -> dict:
+                await status.call_method(f"{idx}:upload_status", "st", json.dumps(fields))
+                await srv.refresh()  # publish the listing now, not at the next interval
+                return json.loads(await _read(client, idx, "Status/clients") or "{}")["st"]
+
+            listed = await upload({"user": "anna", "script": "ORD-1", "num_files": 3})
+            assert await _read(client, idx, "Clients/st/user") == "anna"
+            assert await _read(client, idx, "Clients/st/num_files") == 3
+            listed = await upload({"script": "ORD-2"})
+            assert "user" not in listed and "num_files" not in listed
+            assert await _read(client, idx, "Clients/st/user") is None  # BadNodeIdUnknown
+            assert await _read(client, idx, "Clients/st/num_files") is None
+            assert await _children(client, idx, "Clients/st") == {"script", "stale",
+                                                                  "last_seen"}
+            assert await _read(client, idx, "Clients/st/script") == "ORD-2"
+            listed = await upload({"user": "bert", "script": "ORD-3"})  # and it can come back
+            assert listed["user"] == "bert"
+            assert await _read(client, idx, "Clients/st/user") == "bert"
+            assert await _children(client, idx, "Clients/st") == {"user", "script", "stale",
+                                                                  "last_seen"}
+        finally:
+            await client.disconnect()
+
+
+def _padded(fields: dict[str, object], cost: int) -> dict[str, object]:
+    """``fields`` plus a ``note`` that brings the listing cost to exactly ``cost`` bytes,
+    made of characters that JSON escapes twice over (quotes, backslashes, non-ASCII)."""
+    out = {**fields, "note": ""}
+    while listing_cost(out) < cost:
+        room = cost - listing_cost(out)
+        piece = 'é"\\' if room >= 40 else "x"  # é: \\u00e9 escaped = 7 bytes
+        out["note"] = str(out["note"]) + piece
+    assert listing_cost(out) == cost
+    return out
+
+
+def test_parse_upload_bounds_a_stations_cost_in_the_listing() -> None:
+    fields = _padded({"user": "anna"}, MAX_STATION_BYTES)
+    assert parse_upload("st-1", json.dumps(fields))[1] == fields
+    fields["note"] = str(fields["note"]) + "x"
+    with pytest.raises(UploadRejected, match=f"above {MAX_STATION_BYTES}"):
+        parse_upload("st-1", json.dumps(fields))
+
+
+async def test_a_full_listing_of_the_largest_stations_fits_the_next_upload(tmp_path) -> None:
+    """MAX_STATIONS stations, each at MAX_STATION_BYTES: the middle aggregator's own upload
+    (as its Uploader builds it) is accepted by the next aggregator over OPC UA."""
+    station = make_settings(tmp_path / "st", name="st-1", certs=False,
+                            aggregator_url="opc.tcp://127.0.0.1:1/")
+    typical = await Uploader(station, StatusBoard(user="anna", script="ORD-A")).values()
+    biggest = _padded(typical, MAX_STATION_BYTES)
+    top = make_settings(tmp_path / "top", role="lente", name="top", certs=False,
+                        security_policies=["NoSecurity"])
+    mid = make_settings(tmp_path / "mid", role="lente", name="m" * 64, certs=False,
+                        security_policies=["NoSecurity"])
+    async with running(top) as top_srv, running(mid) as mid_srv:
+        assert mid_srv.clients is not None
+        for n in range(MAX_STATIONS):
+            name = f"{n:03d}-" + "s" * 60  # the longest station names
+            await mid_srv.clients.record(name, dict(parse_upload(name, json.dumps(biggest))[1]))
+        payload = json.dumps(await mid_srv.values(), sort_keys=True)  # as Uploader.serve
+        assert len(payload.encode()) <= MAX_JSON_BYTES
+        name, fields = parse_upload("m" * 64, payload)
+        assert len(json.loads(str(fields["clients"]))) == MAX_STATIONS
+        client = await connect(top)
+        try:
+            idx, status = await status_node(client)
+            await status.call_method(f"{idx}:upload_status", name, payload)
+            listed = await _read(client, idx, f"Clients/{name}/clients")
+        finally:
+            await client.disconnect()
+        assert json.loads(str(listed)) == mid_srv.clients.listing()
+        assert set(top_srv.clients.stations) == {name}

@@ -35,7 +35,20 @@ log = logging.getLogger(__name__)
 NAMESPACE = "urn:linegate:status"
 MAX_STATIONS = 256
 MAX_FIELDS = 64
-MAX_JSON_BYTES = 65_536
+# What one station may cost in the ``clients`` listing as it travels further up a chain: its
+# listing entry (its fields, ``stale`` and ``last_seen``; a chained aggregator's own
+# ``clients`` not counted) JSON-encoded, then JSON-escaped as the string value of ``clients``.
+# A station's ~22 published fields take ~600 bytes there; 8 KiB leaves room for long alarm,
+# counter and reserve JSON.
+MAX_STATION_BYTES = 8_192
+# Per station beside its entry: its name as a key ('\"' + 64 characters + '\":'), the comma;
+# for the uploader's own fields the ", " and ": " separators (2 x 64 fields). 256 covers both.
+_PER_STATION_OVERHEAD = 256
+# An upload is one set of fields plus a listing of up to MAX_STATIONS stations, so an
+# aggregator's full listing always fits its own upload to the next aggregator (~2.1 MB;
+# OPC UA messages may reach asyncua's 100 MiB).
+MAX_JSON_BYTES = (MAX_STATIONS + 1) * (MAX_STATION_BYTES + _PER_STATION_OVERHEAD)
+_LAST_SEEN_SHAPE = "2000-01-01T00:00:00Z"  # same length as every last_seen value
 _STATION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -60,7 +73,27 @@ def parse_upload(station: object, fields_json: object) -> tuple[str, dict[str, o
     bad = [k for k in fields if not _STATION_RE.match(k) or k in {"stale", "last_seen"}]
     if bad:
         raise UploadRejected(f"station {station}: bad field names {bad!r}")
+    cost = listing_cost(fields)
+    if cost > MAX_STATION_BYTES:
+        raise UploadRejected(f"station {station}: its fields take {cost} bytes in the clients "
+                             f"listing, above {MAX_STATION_BYTES}")
     return station, fields
+
+
+def _entry(values: dict[str, object], stale: bool, last_seen: str) -> dict[str, object]:
+    return {**values, "stale": stale, "last_seen": last_seen}
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def listing_cost(fields: dict[str, object]) -> int:
+    """Bytes a station with these fields takes in an upload's ``clients`` string (its name
+    aside): its listing entry, JSON-encoded and then escaped as a JSON string. A chained
+    aggregator's own ``clients`` is not counted."""
+    own = {k: v for k, v in fields.items() if k != "clients"}
+    return len(json.dumps(_dumps(_entry(own, False, _LAST_SEEN_SHAPE))))
 
 
 @dataclass
@@ -125,6 +158,10 @@ class ClientRegistry:
         for key, value in values.items():
             spec = F.ALL_FIELDS.get(key) or F.FieldSpec(key, ua.VariantType.String, "")
             updates[key] = (F.coerce(spec, value), spec.vtype)
+        # a field the station no longer sends leaves the listing, so its node goes too
+        for key in [k for k in st.nodes if k not in updates]:
+            node, _ = st.nodes.pop(key)
+            await node.delete()
         for key, (value, vtype) in updates.items():
             await self._write(st, key, value, vtype)
 
@@ -151,11 +188,11 @@ class ClientRegistry:
                 await self._write(st, "stale", True, ua.VariantType.Boolean)
 
     def listing(self) -> dict[str, dict[str, object]]:
-        return {name: {**st.values, "stale": st.stale, "last_seen": st.last_seen_utc}
+        return {name: _entry(st.values, st.stale, st.last_seen_utc)
                 for name, st in sorted(self.stations.items())}
 
     def listing_json(self) -> str:
-        return json.dumps(self.listing(), sort_keys=True, default=str, separators=(",", ":"))
+        return _dumps(self.listing())
 
 
 def _argument(name: str, doc: str) -> ua.Argument:
