@@ -52,14 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Start the gateway on a temporary data directory with a "
                                       "simulated PAC and the reference OPEN-SCS upstream on "
                                       "loopback, run an order through and print what flowed.")
-    demo.add_argument("--duration", type=float, default=20.0,
+    demo.add_argument("--duration", type=_demo_duration, default=20.0,
                       help="at most this many seconds for the order to reach upstream "
-                           "(default 20)")
+                           "(default 20, at least 5)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
     outbox_cli.add_parser(sub)
     status_cli.add_parsers(sub)
     return parser
+
+
+def _demo_duration(text: str) -> float:
+    from gateway.demo import MIN_DURATION_S
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= MIN_DURATION_S:  # (NaN too)
+        raise argparse.ArgumentTypeError(
+            f"expected at least {MIN_DURATION_S:g} seconds (starting the upstream, filling the "
+            f"reserve and running the order take that long), got {text}")
+    return value
 
 
 def _load(path: Path):  # returns gateway.settings.Settings

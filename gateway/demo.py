@@ -63,6 +63,8 @@ SETTINGS = """{
 }
 """
 
+MIN_DURATION_S = 5.0  # below this the order cannot reach upstream even on a fast machine
+
 STATUS_SHOWN = ("cmd", "user", "script", "num_files", "outbox_backlog", "dead_letters",
                 "upstream_state", "reserve_level", "counters")
 
@@ -111,6 +113,14 @@ async def _pac_session(port: int, printed: list[str]) -> list[str]:
     finally:
         await pac.close()
     return lines
+
+
+def _why(exc: BaseException, duration_s: float) -> str:
+    """A failure's reason even when the exception has no text (a timeout has none)."""
+    if isinstance(exc, TimeoutError):
+        return (f"not finished within --duration {duration_s:g} s (the simulated PAC had not "
+                "finished its shift)")
+    return str(exc) or type(exc).__name__
 
 
 async def _wait_reserve(runtime: Runtime, deadline: float) -> int:
@@ -196,7 +206,7 @@ async def run_demo(duration_s: float = 20.0, keep: bool = False,
                     _pac_session(settings.oip.tcp.listen_port, printed), duration_s):
                 _say(line)
         except (RuntimeError, TimeoutError, OSError) as exc:
-            _say(f"  the PAC session failed: {exc}")
+            _say(f"  the PAC session failed: {_why(exc, duration_s)}")
         drained = await _wait_drained(runtime, deadline)
         stats = drained["stats"]
         _say("\nGateway (its own view):")

@@ -107,3 +107,21 @@ def test_demo_reports_failure_when_nothing_arrived_upstream(tmp_path: Path, caps
     assert _report_upstream(empty, tmp_path, ["100000"]) == 1
     out = capsys.readouterr().out
     assert "no event arrived upstream" in out and "FAILED" in out
+
+
+def test_demo_refuses_a_duration_too_short_to_run_the_order():
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--duration", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert ("argument --duration: expected at least 5 seconds (starting the upstream, filling "
+            "the reserve and running the order take that long), got 0") in proc.stderr
+
+
+async def test_demo_says_why_the_pac_session_failed(tmp_path: Path, capsys):
+    """Below the CLI's minimum (as a caller of run_demo may go) the timeout is named."""
+    assert await run_demo(duration_s=0.001, root=tmp_path) == 1
+    out = capsys.readouterr().out
+    assert ("the PAC session failed: not finished within --duration 0.001 s (the simulated "
+            "PAC had not finished its shift)") in out
+    assert "the PAC session failed: \n" not in out
