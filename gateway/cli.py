@@ -113,7 +113,7 @@ WILL_NOT_START = "(the status server will not start)"
 
 def _split(messages: list[str]) -> tuple[list[str], list[str]]:
     """(errors, warnings): a status server that cannot start is an error for check and run,
-    so that a unit's ExecStartPre check stops what would only crash-loop."""
+    so that run exits 2 (the unit does not restart) rather than crash-loop."""
     errors = [m for m in messages if m.endswith(WILL_NOT_START)]
     return errors, [m for m in messages if m not in errors]
 
