@@ -97,6 +97,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     errors, warnings = _split(check_warnings(settings))
     errors = [f"{args.settings}: {error}" for error in errors]
     errors += env_checks.check(settings)  # what only this machine can tell: binds, files
+    warnings += env_checks.ports_in_use(settings)  # maybe by this gateway, running
     for warning in [*settings.warnings, *warnings]:
         print(f"WARNING: {warning}", file=sys.stderr)
     if errors:
@@ -148,6 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     errors, _ = _split(check_warnings(settings))  # the warnings are logged by the server
     errors = [f"{args.settings}: {error}" for error in errors]
     errors += env_checks.check(settings)  # a listener that cannot bind would only crash-loop
+    for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
+        log.warning("%s", taken)
     if errors:
         for error in errors:
             log.critical("%s", error)
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.status import cli as status_cli
 
     setup_logging("WARNING")
+    if args.command == "passwd":  # a hash needs no installation
+        return status_cli.run_passwd(args.stdin, sys.stdout)
     path = getattr(args, "settings", None) or DEFAULT_SETTINGS
     try:
         if args.command == "outbox":

@@ -86,12 +86,17 @@ def _try_bind(address: str, port: int) -> None:
             sock.bind(sockaddr)
 
 
-def _bind_checks(s: Settings) -> Iterator[Problem]:
+def _bind_checks(s: Settings, *, in_use: bool) -> Iterator[Problem]:
+    """Listeners that cannot bind; ``in_use`` picks those whose port is held by another
+    process right now (that may pass: a gateway still stopping, or this one running while
+    ``check`` looks) instead of those that never can (an address not on this machine, a
+    privileged port)."""
     for _, section, address, port in listeners(s):
         try:
             _try_bind(address, port)
         except OSError as exc:
-            yield bind_problem(s, section, address, port, exc, before_start=True)
+            if (exc.errno == errno.EADDRINUSE) == in_use:
+                yield bind_problem(s, section, address, port, exc, before_start=True)
 
 
 def _tls_checks(s: Settings) -> Iterator[Problem]:
@@ -139,13 +144,23 @@ def _file_problem(path: Path) -> str | None:
 
 
 def problems(s: Settings) -> list[Problem]:
-    """Every environment problem of these settings, as (key path, text)."""
-    return [*_tls_checks(s), *_file_checks(s), *_bind_checks(s)]
+    """Every environment problem of these settings that will not pass by itself, as (key
+    path, text)."""
+    return [*_tls_checks(s), *_file_checks(s), *_bind_checks(s, in_use=False)]
 
 
 def check(s: Settings) -> list[str]:
     """Every environment problem, rendered ``SOURCE:LINE:COL: key: text`` like the loader's."""
-    found = problems(s)
+    return _render(s, problems(s))
+
+
+def ports_in_use(s: Settings) -> list[str]:
+    """Listener ports another process holds now, rendered like check(): warnings, since they
+    may be freed (``run`` starts anyway and is not ready until every listener is up)."""
+    return _render(s, list(_bind_checks(s, in_use=True)))
+
+
+def _render(s: Settings, found: list[Problem]) -> list[str]:
     if not found:
         return []
     entries = _entries(s.source)
@@ -187,4 +202,5 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-__all__ = ["bind_problem", "check", "listeners", "locate", "port_key", "problems"]
+__all__ = ["bind_problem", "check", "listeners", "locate", "port_key", "ports_in_use",
+           "problems"]

@@ -100,8 +100,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_check_and_run_refuse_listeners_that_cannot_bind_naming_the_key(tmp_path: Path):
-    """A port in use and an address that is not on this machine: check exit 2 with the key
-    and its position, and run refuses before starting anything (one line, no traceback)."""
+    """An address that is not on this machine: check exits 2 with the key and its position,
+    and run refuses before starting anything (one line, no traceback). A port another
+    process holds is a warning in both (it may be freed: run starts, not ready until then)."""
     import socket
 
     holder = socket.socket()
@@ -118,13 +119,13 @@ def test_check_and_run_refuse_listeners_that_cannot_bind_naming_the_key(tmp_path
         out = linegate("check", "--settings", str(settings))
         assert out.returncode == 2, out.stdout + out.stderr
         lines = out.stderr.splitlines()
-        assert any(line.startswith(f"{settings}:2:28: oip.tcp.listen_port: cannot listen on "
-                                   f"127.0.0.1:{taken}: Address already in use")
+        assert any(line.startswith(f"WARNING: {settings}:2:28: oip.tcp.listen_port: cannot "
+                                   f"listen on 127.0.0.1:{taken}: Address already in use")
                    for line in lines), out.stderr
         assert any(line.startswith(f"{settings}:3:32: oip.soap.listen_address: cannot listen "
                                    "on 192.0.2.1:7780: Cannot assign requested address")
                    for line in lines), out.stderr
-        assert lines[-1] == f"{settings}: 2 problem(s)"
+        assert lines[-1] == f"{settings}: 1 problem(s)"
 
         run = linegate("run", "--settings", str(settings), timeout=30)
         assert run.returncode == 2, run.stderr

@@ -151,8 +151,6 @@ def test_passwd_without_input_is_a_one_line_error(tmp_path, argv, message) -> No
     assert message in proc.stderr and "Traceback" not in proc.stderr and not proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/cli.py main() still loads settings.json "
-                   "before dispatching passwd (one-line change there, owned elsewhere)")
 def test_linegate_passwd_runs_where_there_is_no_settings_json(tmp_path, monkeypatch,
                                                               capsys) -> None:
     from gateway import cli as main_cli
