@@ -65,7 +65,8 @@ HEALTH_FIELDS = (
     FieldSpec("outbox_oldest_age_s", D, "Age in seconds of the oldest pending message."),
     FieldSpec("dead_letters", U32, "Messages in the dead-letter state."),
     FieldSpec("store_high_water", B, "True when the outbox passed store.high_water_percent."),
-    FieldSpec("upstream_state", S, "Upstream connection state (e.g. connected, retrying)."),
+    FieldSpec("upstream_state", S, "'connected', or per OPEN-SCS endpoint not connected: "
+              "'<url>: <last error>' (joined by '; ')."),
     FieldSpec("alarms", S, "JSON: active alarms by name with their reason (store_full, "
               "outbox_dead_alarm, upstream_error, reserve_error); {} when none."),
     FieldSpec("reserve_level", S, "JSON: serial-number reserve per selection."),
