@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from adapters.oip import xmlcodec
+from adapters.oip import records, xmlcodec
 from adapters.oip.codec import (
     NAK_CODES,
     NEED_DATA,
@@ -20,7 +22,7 @@ from adapters.oip.codec import (
     parse_packet,
     parse_reply,
 )
-from adapters.oip.pattern import match_pattern
+from adapters.oip.pattern import match_pattern, parse_pattern
 from adapters.oip.records import OipError
 from gateway.errors import LocalProtocolError
 from gateway.model import (
@@ -361,3 +363,93 @@ def test_packet_of_exactly_the_limit_is_accepted(size):
             assert isinstance(event, Packet)
         else:
             assert isinstance(event, Refused) and event.refusal is Refusal.TOO_LARGE
+
+
+# --------------------------------------------------------------------------- grammar spec
+
+def _spec_readings(rest: list[str]) -> list[tuple[bool, int]]:
+    """The instruction grammar written out plainly (the spec the fast parser must match):
+    every (sitem?, n) for which qty, the first n and the last n parameters are integers in
+    sInt32 and the k = len(params) - 2n c fields number 0..n."""
+    def is_int(text: str) -> bool:
+        return re.fullmatch(r"[+-]?[0-9]+", text) is not None and \
+            -(2**31) <= int(text) <= 2**31 - 1
+
+    found = []
+    for with_sitem in (True, False):
+        off = 1 if with_sitem else 0
+        if len(rest) < off + 2 or not is_int(rest[off + 1]):
+            continue
+        params = rest[off + 2:]
+        for n in range(1, 6):
+            k = len(params) - 2 * n
+            if 0 <= k <= n and all(is_int(x) for x in (*params[:n], *params[n + k:])):
+                found.append((with_sitem, n))
+    return found
+
+
+_FIELD = st.one_of(st.sampled_from(["0", "1", "3", "-7", "+4", "2147483647", "2147483648",
+                                    "-2147483648", "-2147483649", "0000000000012", "",
+                                    "11an||00*", "Pad", "1e3", " 1", "١"]),
+                   st.integers(-3_000_000_000, 3_000_000_000).map(str))
+
+
+@given(st.lists(_FIELD, min_size=4, max_size=16))
+@settings(max_examples=3000, deadline=None)
+def test_instruction_reading_matches_the_spec(rest: list[str]) -> None:
+    """The parser's reading search (an integer mask and run lengths) accepts exactly the
+    records the plain grammar accepts, and reads them the same way."""
+    rec = ["G1", "1", "2", "ITEM", *rest]
+    spec = _spec_readings(rest)
+    if len(spec) > 1:
+        digits = rest[0].isascii() and rest[0].isdigit()
+        spec = [r for r in spec if r[0] == digits]
+    try:
+        ins = records.parse_instruction(rec, 3)
+    except OipError:
+        assert len(spec) != 1 or not _steps_valid(rest, spec[0])
+        return
+    assert len(spec) == 1
+    with_sitem, n = spec[0]
+    assert len(ins.steps) == n
+    assert ins.sitem == (rest[0] if with_sitem else "")
+    params = rest[(1 if with_sitem else 0) + 2:]
+    assert [s.i for s in ins.steps] == [int(x) for x in params[:n]]
+    assert [s.h for s in ins.steps] == [int(x) for x in params[-n:]]
+
+
+def _steps_valid(rest: list[str], reading: tuple[bool, int]) -> bool:
+    """Whether the one reading also passes the step checks (c length, handler-3 patterns)."""
+    with_sitem, n = reading
+    params = rest[(1 if with_sitem else 0) + 2:]
+    k = len(params) - 2 * n
+    cs, hs = params[n:n + k], [int(x) for x in params[-n:]]
+    cs = [""] * (n - k) + cs
+    for c, h in zip(cs, hs, strict=True):
+        if len(c) > 32:
+            return False
+        if h == 3 and c and not _pattern_ok(c):
+            return False
+    return True
+
+
+def _pattern_ok(c: str) -> bool:
+    try:
+        parse_pattern(c)
+    except ValueError:
+        return False
+    return True
+
+
+def test_instruction_memo_is_bounded_and_refusals_name_their_record() -> None:
+    good = ["G1", "1", "2", "ITEM", "name", "1", "7", "1"]
+    first = records.parse_order(["O1", *[""] * 10], [good])
+    again = records.parse_order(["O2", *[""] * 10], [good])
+    assert again.instructions == first.instructions
+    bad = ["G1", "1", "2", "ITEM", "name", "x", "7", "1"]  # qty not an integer
+    for position in (3, 4):  # the same bad record, refused each time with its own number
+        with pytest.raises(OipError, match=f"record {position} "):
+            records.parse_order(["O3", *[""] * 10], [good] * (position - 3) + [bad])
+    for n in range(3 * records._MEMO_SIZE):
+        records.parse_order(["O4", *[""] * 10], [[*good[:3], f"I{n}", *good[4:]]])
+    assert len(records._memo) == records._MEMO_SIZE

@@ -18,6 +18,7 @@ The k c fields belong to the last k steps (leading empty c's may be omitted).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 from adapters.oip.pattern import parse_pattern
@@ -93,7 +94,13 @@ def parse_int(text: str, where: str, bounds: tuple[int, int] = INT32) -> int:
     return value
 
 
+_SHORT_INT = re.compile(r"[+-]?[0-9]{1,9}")  # at most 9 digits: always within sInt32
+
+
 def _is_int(text: str, bounds: tuple[int, int] = INT32) -> bool:
+    """``text`` is a decimal integer (optional sign) within ``bounds``."""
+    if bounds is INT32 and _SHORT_INT.fullmatch(text):  # up to 9 digits: always in sInt32
+        return True
     body = text[1:] if text[:1] in "+-" else text
     return _digits(body) and bounds[0] <= int(text) <= bounds[1]
 
@@ -187,22 +194,50 @@ def parse_order(head: Sequence[str], instr_records: Sequence[Sequence[str]]) -> 
                         f"{','.join(ORDER_FIELDS)}, got {len(head)}")
     if not head[0]:
         raise malformed("record 2 field 1 (Ordnr): empty")
-    instructions = tuple(parse_instruction(rec, i + 3) for i, rec in enumerate(instr_records))
+    instructions = tuple(_instruction(rec, i + 3) for i, rec in enumerate(instr_records))
     return Order(*head, instructions=instructions)
 
 
-def _readings(rest: Sequence[str], with_sitem: bool) -> list[tuple[bool, int]]:
-    """Valid (with_sitem, n) readings of the fields after ``item``."""
+# A line builds the same few product variants over and over, so ORDERs repeat the same
+# instruction records: a bounded memo of parsed records (a pure function of the fields; only
+# records that parsed are kept, so a refusal always names its own record) saves most of the
+# parsing. Oldest entries go first.
+_MEMO_SIZE = 1024
+_memo: dict[tuple[str, ...], Instruction] = {}
+
+
+def _instruction(rec: Sequence[str], recno: int) -> Instruction:
+    key = tuple(rec)
+    ins = _memo.get(key)
+    if ins is None:
+        ins = parse_instruction(rec, recno)
+        if len(_memo) >= _MEMO_SIZE:
+            del _memo[next(iter(_memo))]
+        _memo[key] = ins
+    return ins
+
+
+def _run(mask: Sequence[bool]) -> int:
+    """How many leading entries of ``mask`` are true, at most MAX_STEPS."""
+    n = 0
+    for ok in mask:
+        if not ok or n == MAX_STEPS:
+            break
+        n += 1
+    return n
+
+
+def _readings(mask: Sequence[bool], with_sitem: bool) -> list[tuple[bool, int]]:
+    """Valid (with_sitem, n) readings of the fields after ``item``, given which of them are
+    integers in range (``mask``): qty is an integer, and for n steps with k = len(params) - 2n
+    c fields (0 <= k <= n) the first n and the last n parameters are integers."""
     off = 1 if with_sitem else 0
-    if len(rest) < off + 2 or not _is_int(rest[off + 1]):
+    if len(mask) < off + 2 or not mask[off + 1]:
         return []
-    params = rest[off + 2:]
-    found = []
-    for n in range(1, MAX_STEPS + 1):
-        k = len(params) - 2 * n
-        if 0 <= k <= n and all(_is_int(x) for x in (*params[:n], *params[n + k:])):
-            found.append((with_sitem, n))
-    return found
+    params = mask[off + 2:]
+    lead, trail = _run(params), _run(params[::-1])
+    return [(with_sitem, n) for n in range(1, MAX_STEPS + 1)
+            if 0 <= len(params) - 2 * n <= n and lead >= n and trail >= n]
 
 
 def parse_instruction(rec: Sequence[str], recno: int) -> Instruction:
@@ -214,7 +249,8 @@ def parse_instruction(rec: Sequence[str], recno: int) -> Instruction:
     gord = parse_int(rec[1], f"record {recno} field 2 (gord)")
     iord = parse_int(rec[2], f"record {recno} field 3 (iord)")
     rest = rec[4:]
-    readings = _readings(rest, True) + _readings(rest, False)
+    mask = [_is_int(x) for x in rest]  # each field tested once, for every reading
+    readings = _readings(mask, True) + _readings(mask, False)
     if len(readings) > 1:
         digits = rest[0].isascii() and rest[0].isdigit()
         readings = [r for r in readings if r[0] == digits]
@@ -229,10 +265,8 @@ def parse_instruction(rec: Sequence[str], recno: int) -> Instruction:
     iname, qty = rest[off], int(rest[off + 1])
     params = rest[off + 2:]
     k = len(params) - 2 * n
-    ints = [int(x) for x in params[:n]]
     cs = [""] * (n - k) + list(params[n:n + k])
-    hs = [int(x) for x in params[n + k:]]
-    steps = tuple(Step(i, c, h) for i, c, h in zip(ints, cs, hs, strict=True))
+    steps = tuple(Step(int(params[j]), cs[j], int(params[n + k + j])) for j in range(n))
     return check_instruction(Instruction(group, gord, iord, item, sitem, iname, qty, steps),
                              where)
 
