@@ -8,9 +8,15 @@ read side by side (Ordnr, tsn, SNFormat, LabelCollection ...).
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 # --------------------------------------------------------------------------- OIP orders
+
+
+# The compact JSON of outbox bodies and session state; one encoder shared by every call
+# (json.dumps with options builds a new encoder each time).
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -267,12 +273,16 @@ class NewMessage:
     ``stream`` names the ordered stream (one per upstream manager object, e.g. "event",
     "pool", "aggregation"); ``kind`` the upstream call (e.g. "SIDCommissioningEvent");
     ``key`` the idempotency key carried upstream; ``body`` JSON-serialisable arguments.
+    ``body_json``, when given, is the body already encoded as a JSON object (``body`` is then
+    not used): a caller that holds part of the body as JSON text already saves encoding it
+    again.
     """
 
     stream: str
     kind: str
     key: str
     body: dict[str, object] = field(default_factory=dict)
+    body_json: str | None = None
 
 
 @dataclass(frozen=True)

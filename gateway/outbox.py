@@ -32,7 +32,14 @@ from typing import Any
 
 from gateway import outbox_schema as schema
 from gateway.errors import LinegateError, StoreCorrupt, StoreFull
-from gateway.model import DeliveryResult, NewMessage, Origin, Outcome, StoredMessage
+from gateway.model import (
+    DeliveryResult,
+    NewMessage,
+    Origin,
+    Outcome,
+    StoredMessage,
+    encode_json,
+)
 from gateway.outbox_stats import DeadLetter, OutboxStats, SubmitResult, fmt_bytes
 from gateway.outbox_writer import GroupCommitWriter, is_disk_full
 from gateway.settings import StoreSettings
@@ -504,7 +511,7 @@ class Outbox:
             # read in this transaction (the reserve fills in a serial number's pool).
             ids = []
             for m in msgs:
-                body = json.dumps(m.body, ensure_ascii=False, separators=(",", ":"))
+                body = m.body_json if m.body_json is not None else encode_json(m.body)
                 cur = conn.execute("INSERT INTO messages (stream, kind, key, body, created_at) "
                                    "VALUES (?, ?, ?, ?, ?)", (m.stream, m.kind, m.key, body, now))
                 ids.append(int(cur.lastrowid or 0))

@@ -59,6 +59,7 @@ from gateway.model import (
     Reply,
     Step,
     StepResult,
+    encode_json,
 )
 from gateway.settings import Settings
 
@@ -110,7 +111,7 @@ def order_to_dict(order: Order) -> dict[str, object]:
 
 
 def order_to_json(order: Order) -> str:
-    return json.dumps(order_to_dict(order), separators=(",", ":"))
+    return encode_json(order_to_dict(order))
 
 
 def order_from_json(text: str) -> Order:
@@ -362,14 +363,15 @@ class Station:
             self._require_login()
         except RemoteProtocolError as exc:
             return await self._refused("ORDER", origin, exc)
-        as_dict = order_to_dict(order)
+        # the order is encoded once: it is the session state and part of the audit message
+        order_json = encode_json(order_to_dict(order))
+        head = encode_json({"Ordnr": order.Ordnr, "user": self._user, "tsn": origin.tsn,
+                            "peer": origin.peer})
         audit = NewMessage(STREAM_RESULTS, "Order", self._key(),
-                           {"Ordnr": order.Ordnr, "order": as_dict,
-                            "user": self._user, "tsn": origin.tsn, "peer": origin.peer})
+                           body_json=f'{head[:-1]},"order":{order_json}}}')
         ticket = self._ticket()
-        status, _ = await self._commit(
-            origin, [audit], state={"order": json.dumps(as_dict, separators=(",", ":"))},
-            hook=self._close_order_hook())
+        status, _ = await self._commit(origin, [audit], state={"order": order_json},
+                                       hook=self._close_order_hook())
         if status != "duplicate":  # a duplicate changed nothing: memory follows the store
             self._apply_order(ticket, order)
         self._board.incr("orders_loaded")

@@ -416,3 +416,15 @@ async def test_cli_stats_and_dead_letters(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no dead letter with id 4242" in missing.stderr
     assert _cli(settings, "dead", "retry", dead_id).returncode == 0
     assert json.loads(_cli(settings, "stats", "--json").stdout)["pending"] == 2
+
+
+async def test_a_pre_encoded_body_is_stored_as_given(tmp_path):
+    outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+    try:
+        text = '{"a":[1,"\u00e9"],"b":{"c":null}}'
+        await outbox.submit([NewMessage("s", "K", "k1", body_json=text),
+                             NewMessage("s", "K", "k2", {"d": "é"})])
+        got = await outbox.pending("s", 10)
+        assert [m.body for m in got] == [{"a": [1, "é"], "b": {"c": None}}, {"d": "é"}]
+    finally:
+        await outbox.close()

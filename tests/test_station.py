@@ -83,6 +83,10 @@ async def test_thin_slice_commits_events_with_context(env):
     assert len({m.key for m in events}) == 2  # distinct idempotency keys
     results = [m for m in await _messages(outbox) if m.stream == "results"]
     assert [m.kind for m in results] == ["Order", "StepResult", "StepResult"]
+    # the audit record of the ORDER (its body is spliced from JSON text) reads back whole
+    assert results[0].body == {"Ordnr": "ZI355937", "user": "alice", "tsn": 2,
+                               "peer": origin(2).peer, "order": order_to_dict(ORDER)}
+    assert order_from_json((await outbox.get_state())["order"]) == ORDER
     assert board.user == "alice" and board.script == "ZI355937" and board.cmd == "DATA"
     assert board.counters["events_committed"] == 2
 
