@@ -102,16 +102,42 @@ def order_to_dict(order: Order) -> dict[str, object]:
         "Ordnr": order.Ordnr, "Sts": order.Sts, "min": order.min, "max": order.max,
         "Seq": order.Seq, "ext": order.ext, "VIN": order.VIN, "intclr": order.intclr,
         "dst": order.dst, "drv": order.drv, "prdline": order.prdline,
-        "instructions": [
-            {"group": ins.group, "gord": ins.gord, "iord": ins.iord, "item": ins.item,
-             "sitem": ins.sitem, "iname": ins.iname, "qty": ins.qty,
-             "steps": [{"i": st.i, "c": st.c, "h": st.h} for st in ins.steps]}
-            for ins in order.instructions],
+        "instructions": [_instruction_dict(ins) for ins in order.instructions],
     }
 
 
+def _instruction_dict(ins: Instruction) -> dict[str, object]:
+    return {"group": ins.group, "gord": ins.gord, "iord": ins.iord, "item": ins.item,
+            "sitem": ins.sitem, "iname": ins.iname, "qty": ins.qty,
+            "steps": [{"i": st.i, "c": st.c, "h": st.h} for st in ins.steps]}
+
+
+# The OIP codec hands out the same Instruction object for a repeated instruction record, so
+# the JSON of an instruction is kept per object (the entry holds the object: its id cannot be
+# reused while the entry lives). Bounded; oldest entries go first.
+_INSTRUCTION_JSON_SIZE = 1024
+_instruction_json: dict[int, tuple[Instruction, str]] = {}
+
+
+def _instruction_to_json(ins: Instruction) -> str:
+    entry = _instruction_json.get(id(ins))
+    if entry is not None and entry[0] is ins:
+        return entry[1]
+    text = encode_json(_instruction_dict(ins))
+    if len(_instruction_json) >= _INSTRUCTION_JSON_SIZE:
+        del _instruction_json[next(iter(_instruction_json))]
+    _instruction_json[id(ins)] = (ins, text)
+    return text
+
+
 def order_to_json(order: Order) -> str:
-    return encode_json(order_to_dict(order))
+    """``encode_json(order_to_dict(order))``, assembled from per-instruction JSON."""
+    o = order
+    head = encode_json({"Ordnr": o.Ordnr, "Sts": o.Sts, "min": o.min, "max": o.max,
+                        "Seq": o.Seq, "ext": o.ext, "VIN": o.VIN, "intclr": o.intclr,
+                        "dst": o.dst, "drv": o.drv, "prdline": o.prdline})
+    parts = ",".join(_instruction_to_json(ins) for ins in o.instructions)
+    return f'{head[:-1]},"instructions":[{parts}]}}'
 
 
 def order_from_json(text: str) -> Order:
@@ -364,7 +390,7 @@ class Station:
         except RemoteProtocolError as exc:
             return await self._refused("ORDER", origin, exc)
         # the order is encoded once: it is the session state and part of the audit message
-        order_json = encode_json(order_to_dict(order))
+        order_json = order_to_json(order)
         head = encode_json({"Ordnr": order.Ordnr, "user": self._user, "tsn": origin.tsn,
                             "peer": origin.peer})
         audit = NewMessage(STREAM_RESULTS, "Order", self._key(),

@@ -25,6 +25,7 @@ from gateway.model import (
     Refusal,
     Step,
     StepResult,
+    encode_json,
 )
 from gateway.outbox import Outbox
 from gateway.settings import OipSettings, Settings, StoreSettings
@@ -63,6 +64,18 @@ async def _messages(outbox: Outbox) -> list:
 
 def test_order_json_round_trip():
     assert order_from_json(order_to_json(ORDER)) == ORDER
+    # assembled from per-instruction JSON kept per object: the same text as encoding the
+    # dict, for the same objects again, for equal but distinct objects, and past the bound
+    assert order_to_json(ORDER) == encode_json(order_to_dict(ORDER))
+    assert order_to_json(ORDER) == encode_json(order_to_dict(ORDER))
+    twin = dataclasses.replace(ORDER, instructions=tuple(
+        dataclasses.replace(ins, iname=ins.iname + "é") for ins in ORDER.instructions))
+    assert json.loads(order_to_json(twin)) == order_to_dict(twin)
+    for n in range(1500):
+        other = dataclasses.replace(ORDER, Ordnr=f"O{n}", instructions=tuple(
+            dataclasses.replace(ins, gord=n) for ins in ORDER.instructions))
+        assert order_from_json(order_to_json(other)) == other
+    assert order_to_json(ORDER) == encode_json(order_to_dict(ORDER))
     # the hand-written conversion must follow the dataclasses (a new field would be lost)
     assert order_to_dict(ORDER) == json.loads(json.dumps(dataclasses.asdict(ORDER)))
 
