@@ -273,6 +273,32 @@ async def test_idle_connection_is_closed():
         await p2.close()
 
 
+class SlowStation(RecordingStation):
+    """Commits take longer than the idle timeout (a slow store)."""
+
+    async def handle(self, command: Command, origin: Origin) -> Reply:
+        await asyncio.sleep(0.8)
+        return await super().handle(command, origin)
+
+
+async def test_idle_timeout_counts_only_silence():
+    """Traffic keeps a connection open well past the idle timeout; a slow commit is not
+    silence; once the peer goes quiet the connection is closed."""
+    async with tcp_server(idle_timeout_s=0.4) as server:
+        p = await pac(server)
+        for tsn in range(1, 9):  # 8 x 0.15 s = 1.2 s, three times the idle timeout
+            await asyncio.sleep(0.15)
+            assert (await p.request(Ping(), tsn)).ack
+        loop = asyncio.get_running_loop()
+        quiet_from = loop.time()  # the server waits for data since just before this
+        await assert_closed(p)
+        assert loop.time() - quiet_from >= 0.35  # not before the timeout (less timer slack)
+    async with tcp_server(SlowStation(), idle_timeout_s=0.3) as server:
+        p = await pac(server)
+        assert (await p.request(Ping(), 1)).ack  # answered after 0.8 s > idle timeout
+        await p.close()
+
+
 async def test_max_connections():
     board = StatusBoard()
     async with tcp_server(board=board, max_connections=2) as server:
