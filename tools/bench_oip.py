@@ -6,7 +6,11 @@ Outbox on a temporary SQLite file (ACK after the commit, synchronous as configur
 measures with the PAC simulator:
 
 - ORDER frames/s acknowledged, with 1 and with 50 concurrent PAC connections (each PAC waits
-  for its ACK before sending the next frame, as a PAC does);
+  for its ACK before sending the next frame, as a PAC does), and the server's CPU time per
+  frame split by thread (the event loop; the outbox writer);
+- the same with 50 connections when every ORDER's instructions differ (the codec keeps parsed
+  instruction records and their JSON: a line repeats its products' instructions, this run
+  shows the cost when nothing repeats);
 - p50/p99 ACK latency at a fixed 500 frames/s.
 
     python -m tools.bench_oip                 # both stations
@@ -87,16 +91,19 @@ async def bench(station: str, count: int, rate: float, seconds: float,
     label = "null station (transport + codec)" if station == "null" else \
         f"real Station + Outbox (ACK after commit, synchronous={synchronous})"
     print(f"== {label}")
-    for conns in (1, 50):
+    runs = [(1, False), (50, False)] + ([(50, True)] if station == "real" else [])
+    for conns, distinct in runs:
         async with server_process(station, synchronous) as (pid, port):
-            cpu0 = cpu_s(pid)
+            cpu0 = thread_cpu_s(pid)
             stats = await run_stream("tcp", "127.0.0.1", port, connections=conns, count=count,
-                                     orders_only=True)
-            cpu = cpu_s(pid) - cpu0
-        per_frame_us = cpu / max(stats.acks, 1) * 1e6
-        print(f"ORDER frames/s, {conns:2d} connection(s): "
-              f"{stats.acks / stats.elapsed_s:8.0f}  (server CPU {per_frame_us:.0f} us/frame; "
-              f"{stats.summary()})")
+                                     orders_only=True, distinct_instructions=distinct)
+            cpu1 = thread_cpu_s(pid)
+        per_frame = {name: (cpu1[name] - cpu0.get(name, 0.0)) / max(stats.acks, 1) * 1e6
+                     for name in cpu1}
+        split = ", ".join(f"{name} {us:.0f}" for name, us in per_frame.items() if us >= 0.5)
+        label = f"{conns:2d} connection(s)" + (", distinct instructions" if distinct else "")
+        print(f"ORDER frames/s, {label}: {stats.acks / stats.elapsed_s:8.0f}  (server CPU "
+              f"{sum(per_frame.values()):.0f} us/frame: {split}; {stats.summary()})")
     async with server_process(station, synchronous) as (_, port):
         stats = await run_stream("tcp", "127.0.0.1", port, connections=10,
                                  count=int(rate * seconds), rate=rate, orders_only=True)
@@ -105,13 +112,21 @@ async def bench(station: str, count: int, rate: float, seconds: float,
           f"  ({stats.summary()})")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process by role (Linux /proc): the main thread runs
+    the event loop; the other threads are the outbox's writer (almost all) and reader (the
+    kernel knows them all as "python")."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        role = "event loop" if task.name == str(pid) else "outbox threads"
+        fields = stat.rsplit(")", 1)[1].split()
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

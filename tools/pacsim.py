@@ -92,10 +92,17 @@ def seed_commands() -> list[Command]:
             PrintRequest(SEED_ORDER.Ordnr, "04012345678901", 2)]
 
 
-def order_stream(prefix: str = "SIM", data_per_order: bool = True) -> Iterator[Command]:
-    """Endless ORDER (+ its DATA) commands with distinct Ordnr."""
+def order_stream(prefix: str = "SIM", data_per_order: bool = True,
+                 distinct_instructions: bool = False) -> Iterator[Command]:
+    """Endless ORDER (+ its DATA) commands with distinct Ordnr. The instructions are the
+    seed's for every order (a line building one product), or with ``distinct_instructions``
+    differ from order to order (their iname carries the order's number)."""
     for n in itertools.count(1):
         order = dataclasses.replace(SEED_ORDER, Ordnr=f"{prefix}{n:08d}")
+        if distinct_instructions:
+            order = dataclasses.replace(order, instructions=tuple(
+                dataclasses.replace(ins, iname=f"{ins.iname} {n}")
+                for ins in order.instructions))
         yield LoadOrder(order)
         if data_per_order:
             yield from data_for(order, n)
@@ -223,7 +230,7 @@ class StreamStats:
 async def run_stream(transport: str, host: str, port: int, *, connections: int = 1,
                      count: int = 1000, rate: float | None = None, orders_only: bool = False,
                      pipeline: int = 1, ssl_ctx: ssl.SSLContext | None = None,
-                     tsn_base: int = 1) -> StreamStats:
+                     tsn_base: int = 1, distinct_instructions: bool = False) -> StreamStats:
     """Send ``count`` commands over ``connections`` PACs, paced at ``rate``/s overall
     (None = as fast as the ACKs come). TCP connections may keep ``pipeline`` packets in
     flight. Connection ``idx`` numbers its packets from ``tsn_base + idx * 10_000_000`` so
@@ -272,8 +279,9 @@ async def run_stream(transport: str, host: str, port: int, *, connections: int =
 
         if orders_only:
             per_conn: list[list[tuple[int, Command]]] = [[] for _ in pacs]
-            for k, cmd in zip(range(count), order_stream("SIM", data_per_order=False),
-                              strict=False):
+            orders = order_stream("SIM", data_per_order=False,
+                                  distinct_instructions=distinct_instructions)
+            for k, cmd in zip(range(count), orders, strict=False):
                 per_conn[k % len(pacs)].append((k, cmd))
             await asyncio.gather(*(send(i, items) for i, items in enumerate(per_conn)))
         else:
