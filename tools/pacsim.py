@@ -371,7 +371,8 @@ async def _main(args: argparse.Namespace) -> int:
                                  connections=args.connections,
                                  count=int(args.rate * args.seconds) if args.rate else
                                  args.count, rate=args.rate or None,
-                                 orders_only=args.orders_only, ssl_ctx=ssl_ctx)
+                                 orders_only=args.orders_only, ssl_ctx=ssl_ctx,
+                                 distinct_instructions=args.distinct_instructions)
         print(stats.summary())
         return 1 if stats.naks else 0
     pac = await connect(args.transport, args.host, port, ssl_ctx)
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=1000, help="commands when --rate is 0")
     s.add_argument("--connections", type=int, default=1)
     s.add_argument("--orders-only", action="store_true", help="ORDER frames only, no DATA")
+    s.add_argument("--distinct-instructions", action="store_true",
+                   help="with --orders-only: every ORDER's instructions differ (by default "
+                        "each ORDER repeats the seed's, as a line building one product)")
     return p
 
 
