@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -87,23 +88,29 @@ async def server_process(station: str,
 
 
 async def bench(station: str, count: int, rate: float, seconds: float,
-                synchronous: str) -> None:
+                synchronous: str, repeat: int = 1) -> None:
     label = "null station (transport + codec)" if station == "null" else \
         f"real Station + Outbox (ACK after commit, synchronous={synchronous})"
     print(f"== {label}")
     runs = [(1, False), (50, False)] + ([(50, True)] if station == "real" else [])
     for conns, distinct in runs:
-        async with server_process(station, synchronous) as (pid, port):
-            cpu0 = thread_cpu_s(pid)
-            stats = await run_stream("tcp", "127.0.0.1", port, connections=conns, count=count,
-                                     orders_only=True, distinct_instructions=distinct)
-            cpu1 = thread_cpu_s(pid)
-        per_frame = {name: (cpu1[name] - cpu0.get(name, 0.0)) / max(stats.acks, 1) * 1e6
-                     for name in cpu1}
+        rates, cpus = [], []
+        for _ in range(repeat):
+            async with server_process(station, synchronous) as (pid, port):
+                cpu0 = thread_cpu_s(pid)
+                stats = await run_stream("tcp", "127.0.0.1", port, connections=conns,
+                                         count=count, orders_only=True,
+                                         distinct_instructions=distinct)
+                cpu1 = thread_cpu_s(pid)
+            per_frame = {name: (cpu1[name] - cpu0.get(name, 0.0)) / max(stats.acks, 1) * 1e6
+                         for name in cpu1}
+            rates.append(stats.acks / stats.elapsed_s)
+            cpus.append(sum(per_frame.values()))
         split = ", ".join(f"{name} {us:.0f}" for name, us in per_frame.items() if us >= 0.5)
         label = f"{conns:2d} connection(s)" + (", distinct instructions" if distinct else "")
-        print(f"ORDER frames/s, {label}: {stats.acks / stats.elapsed_s:8.0f}  (server CPU "
-              f"{sum(per_frame.values()):.0f} us/frame: {split}; {stats.summary()})")
+        spread = f" (median of {repeat}: {min(rates):.0f}..{max(rates):.0f})" if repeat > 1 else ""
+        print(f"ORDER frames/s, {label}: {statistics.median(rates):8.0f}{spread}  (server CPU "
+              f"{statistics.median(cpus):.0f} us/frame; last run: {split}; {stats.summary()})")
     async with server_process(station, synchronous) as (_, port):
         stats = await run_stream("tcp", "127.0.0.1", port, connections=10,
                                  count=int(rate * seconds), rate=rate, orders_only=True)
@@ -137,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each throughput figure N times and print the median and range "
+                        "(a shared machine varies by tens of percent from run to run)")
     p.add_argument("--serve", choices=["null", "real"], help=argparse.SUPPRESS)
     p.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -145,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_serve(args.serve, args.db, args.synchronous))
         return 0
     for station in (["null", "real"] if args.station == "both" else [args.station]):
-        asyncio.run(bench(station, args.count, args.rate, args.seconds, args.synchronous))
+        asyncio.run(bench(station, args.count, args.rate, args.seconds, args.synchronous,
+                          max(args.repeat, 1)))
     return 0
 
 
