@@ -36,6 +36,7 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -116,7 +117,7 @@ def _instruction_dict(ins: Instruction) -> dict[str, object]:
 # the JSON of an instruction is kept per object (the entry holds the object: its id cannot be
 # reused while the entry lives). Bounded; oldest entries go first.
 _INSTRUCTION_JSON_SIZE = 1024
-_instruction_json: dict[int, tuple[Instruction, str]] = {}
+_instruction_json: OrderedDict[int, tuple[Instruction, str]] = OrderedDict()  # O(1) pop
 
 
 def _instruction_to_json(ins: Instruction) -> str:
@@ -125,7 +126,7 @@ def _instruction_to_json(ins: Instruction) -> str:
         return entry[1]
     text = encode_json(_instruction_dict(ins))
     if len(_instruction_json) >= _INSTRUCTION_JSON_SIZE:
-        del _instruction_json[next(iter(_instruction_json))]
+        _instruction_json.popitem(last=False)
     _instruction_json[id(ins)] = (ins, text)
     return text
 

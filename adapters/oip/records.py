@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from adapters.oip.pattern import parse_pattern
@@ -203,7 +204,9 @@ def parse_order(head: Sequence[str], instr_records: Sequence[Sequence[str]]) -> 
 # records that parsed are kept, so a refusal always names its own record) saves most of the
 # parsing. Oldest entries go first.
 _MEMO_SIZE = 1024
-_memo: dict[tuple[str, ...], Instruction] = {}
+# OrderedDict: popping the oldest is O(1) (a plain dict's first key is found by skipping the
+# holes its deletions left, which grows with the churn)
+_memo: OrderedDict[tuple[str, ...], Instruction] = OrderedDict()
 
 
 def _instruction(rec: Sequence[str], recno: int) -> Instruction:
@@ -212,7 +215,7 @@ def _instruction(rec: Sequence[str], recno: int) -> Instruction:
     if ins is None:
         ins = parse_instruction(rec, recno)
         if len(_memo) >= _MEMO_SIZE:
-            del _memo[next(iter(_memo))]
+            _memo.popitem(last=False)
         _memo[key] = ins
     return ins
 
