@@ -125,7 +125,11 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     kernel knows them all as "python")."""
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # the server is gone: no figure rather than a crash
+        return {"event loop": float("nan")}
+    for task in tasks:
         try:
             stat = (task / "stat").read_text()
         except OSError:

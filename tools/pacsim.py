@@ -411,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "distinct_instructions", False) and not args.orders_only:
+        parser.error("--distinct-instructions needs --orders-only (a stream with DATA sends "
+                     "each order's results, which follow the seed's instructions)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(_main(args))
