@@ -84,6 +84,7 @@ def _load(path: Path):  # returns gateway.settings.Settings
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway import env_checks
+    from gateway.instance_lock import InstanceLock
     from gateway.settings_loader import summary
     from gateway.status.server import check_warnings
 
@@ -97,6 +98,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     errors, warnings = _split(check_warnings(settings))
     errors = [f"{args.settings}: {error}" for error in errors]
     errors += env_checks.check(settings)  # what only this machine can tell: binds, files
+    running = InstanceLock(settings.store.path)
+    if running.held_by_other():
+        warnings.append(f"a linegate (pid {running.holder()}) is running with this store "
+                        f"({settings.store.path}): the ports it listens on show as in use, "
+                        "and a second 'linegate run' on this store would exit 2")
     warnings += env_checks.ports_in_use(settings)  # maybe by this gateway, running
     for warning in [*settings.warnings, *warnings]:
         print(f"WARNING: {warning}", file=sys.stderr)
@@ -144,18 +150,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in settings.warnings:
         log.warning("%s", warning)
     from gateway import env_checks
+    from gateway.instance_lock import AlreadyRunning, InstanceLock
     from gateway.status.server import check_warnings
 
     errors, _ = _split(check_warnings(settings))  # the warnings are logged by the server
     errors = [f"{args.settings}: {error}" for error in errors]
     errors += env_checks.check(settings)  # a listener that cannot bind would only crash-loop
-    for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
-        log.warning("%s", taken)
     if errors:
         for error in errors:
             log.critical("%s", error)
         return 2
+    lock = InstanceLock(settings.store.path)
+    try:  # before the port checks: a second gateway's ports are "in use" by the first
+        lock.acquire()
+    except (AlreadyRunning, OSError) as exc:
+        log.critical("cannot run: %s", exc)
+        return 2
     try:
+        for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
+            log.warning("%s", taken)
         return asyncio.run(_run_until_signalled(settings))
     except StoreCorrupt as exc:
         log.critical("%s", exc)
@@ -163,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LinegateError as exc:
         log.critical("cannot run: %s", exc)
         return 1
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:

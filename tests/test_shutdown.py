@@ -119,3 +119,39 @@ async def test_sigterm_during_traffic_loses_nothing_acknowledged(tmp_path: Path)
     assert len(stored) == len(set(stored)), "a message was stored twice"
     # whatever was refused during the shutdown was refused with a reason
     assert all(text for text in refused)
+
+
+async def test_a_second_gateway_on_the_same_store_is_refused_until_the_first_is_gone(
+        tmp_path: Path):
+    """Two gateways on one outbox would serve the line from different sessions: the second
+    exits 2 naming the first; once the first is SIGKILLed, a new one starts."""
+    port = free_port()
+    settings = write_settings(tmp_path, port)
+    first = await start_gateway(settings)
+    try:
+        await wait_listening(port, first)
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "check", "--settings", str(settings),
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, check_err = await asyncio.wait_for(check.communicate(), 60)
+        assert f"a linegate (pid {first.pid}) is running with this store" in check_err.decode()
+        second = await start_gateway(settings)
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 2
+        assert f"another linegate (pid {first.pid}) is already running" in err.decode()
+        pac = await TcpPac.connect("127.0.0.1", port)  # the first one is untouched
+        assert (await pac.request(LoadOrder(SEED_ORDER), 1)).ack
+        await pac.close()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    third = await start_gateway(settings)  # the kernel dropped the lock with the process
+    try:
+        await wait_listening(port, third)
+        pac = await TcpPac.connect("127.0.0.1", port)
+        assert (await pac.request(LoadOrder(SEED_ORDER), 1)).ack  # a resend: re-ACKed
+        await pac.close()
+    finally:
+        third.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(third.wait(), 60) == 0

@@ -1,0 +1,72 @@
+"""One running gateway per outbox: an exclusive lock next to the store.
+
+Two ``linegate run`` processes on one store would both serve the line from the session each
+read at its start; after the first one stops, the second serves a stale current order and
+user. ``linegate run`` therefore holds an exclusive ``flock`` on ``<store.path>.lock`` for as
+long as it runs (the kernel releases it when the process ends, SIGKILL included) and a second
+one exits 2 naming the first one's pid. The outbox CLI does not take the lock: its read-only
+commands and ``dead retry`` work next to a running gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from gateway.errors import LinegateError
+
+
+class AlreadyRunning(LinegateError):
+    """Another process holds the store's instance lock."""
+
+
+class InstanceLock:
+    def __init__(self, store_path: Path) -> None:
+        self.path = Path(f"{store_path}.lock")
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        """The pid written by the process holding the lock (or "unknown")."""
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def held_by_other(self) -> bool:
+        """Whether another process holds the lock now (for ``linegate check``)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock taken just now
+        return False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another linegate (pid {self.holder()}) is already running with this outbox "
+                f"({self.path.with_suffix('')}, lock {self.path}); stop it first "
+                "(systemctl stop linegate) or give this one its own store.path") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlock (the file stays: removing it would race with a process opening it)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
