@@ -485,8 +485,13 @@ class Outbox:
                      dedup_peer: str | None = None, reply: str | None = None,
                      state: Mapping[str, str | None] | None = None,
                      hook: Callable[[sqlite3.Connection], object] | None = None,
-                     ) -> SubmitResult:
-        """Apply one command atomically and durably; see the module docstring."""
+                     clear_window: bool = False) -> SubmitResult:
+        """Apply one command atomically and durably; see the module docstring.
+
+        ``clear_window`` (INIT) empties the peer's retransmission window in the same
+        transaction, before this command's own entry goes in: entries of commands committed
+        after it stay (a separate clearing transaction would delete those too, and a resend
+        of such an acknowledged command would then be processed again)."""
         msgs = list(messages)
         writer = self._writer
         window = self._dedup_window
@@ -503,6 +508,9 @@ class Outbox:
                     return SubmitResult(status, reply=row[1])
             if msgs and writer.full_reason:
                 raise StoreFull(writer.full_reason)
+            if clear_window:
+                conn.execute("DELETE FROM dedup WHERE peer=?", (peer,))
+                self._since_prune.pop(peer, None)
             hook_result = hook(conn) if hook is not None else None
             the_reply = reply
             if the_reply is None and isinstance(hook_result, str):

@@ -89,11 +89,10 @@ class OutboxLike(Protocol):
     async def submit(self, messages: Sequence[NewMessage] = (), *, dedup: Origin | None = None,
                      dedup_peer: str | None = None, reply: str | None = None,
                      state: Mapping[str, str | None] | None = None,
-                     hook: Callable[[sqlite3.Connection], object] | None = None) -> Any: ...
+                     hook: Callable[[sqlite3.Connection], object] | None = None,
+                     clear_window: bool = False) -> Any: ...
 
     async def get_state(self) -> dict[str, str]: ...
-
-    async def clear_dedup(self, peer: str) -> None: ...
 
 
 def order_to_dict(order: Order) -> dict[str, object]:
@@ -300,11 +299,11 @@ class Station:
     async def _commit(self, origin: Origin, messages: Sequence[NewMessage] = (), *,
                       state: Mapping[str, str | None] | None = None,
                       hook: Callable[[sqlite3.Connection], object] | None = None,
-                      ) -> tuple[str, Any]:
+                      clear_window: bool = False) -> tuple[str, Any]:
         """Commit one command; returns (status, result) where status is accepted/duplicate."""
         result = await self._outbox.submit(messages, dedup=origin,
                                            dedup_peer=self._identity(origin), state=state,
-                                           hook=hook)
+                                           hook=hook, clear_window=clear_window)
         if result.status == "conflict":
             raise self._tsn_reused(origin)
         return result.status, result
@@ -366,15 +365,16 @@ class Station:
     async def _init(self, origin: Origin) -> Reply:
         self._board.cmd = "INIT"
         async with self._session_lock:
-            identity = self._identity(origin)
             previous = self._order.Ordnr if self._order else ""
             ticket = self._ticket()
+            # the window is cleared in the INIT's own transaction: what commits after the
+            # INIT (another connection of this peer) keeps its entries, and the INIT's own
+            # entry answers a resent INIT
             status, _ = await self._commit(origin, state={"order": None, "user": None},
-                                           hook=self._close_order_hook())
+                                           hook=self._close_order_hook(), clear_window=True)
             if status != "duplicate":  # a duplicate changed nothing in the store
                 self._apply_order(ticket, None)
                 self._apply_user(ticket, "")
-            await self._outbox.clear_dedup(identity)
         log.info("INIT from %s tsn=%d: session cleared (closed order %r)", origin.peer,
                  origin.tsn, previous)
         return Ack(duplicate=status == "duplicate")

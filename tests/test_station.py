@@ -121,6 +121,26 @@ async def test_retransmission_is_acked_once_and_reuse_is_refused(env):
     assert await station.handle(ok, origin(8, "other")) == Ack()
 
 
+async def test_init_keeps_the_window_of_what_commits_after_it(env):
+    """Two connections of one peer: an INIT and an ORDER share a commit, the ORDER after the
+    INIT. The ORDER's window entry must survive the INIT, so that its resend (ACK lost) is
+    re-ACKed and not loaded again; a resent INIT is re-ACKed too."""
+    _, outbox, _, station = env
+    other = dataclasses.replace(ORDER, Ordnr="Y2")
+    init, loaded = await asyncio.gather(station.handle(Init(), origin(2, "init")),
+                                        station.handle(LoadOrder(ORDER), origin(100, "x1")))
+    assert init == Ack() and loaded == Ack()
+    assert await station.handle(LoadOrder(other), origin(101, "y2")) == Ack()
+    assert await station.handle(LoadOrder(ORDER), origin(100, "x1")) == Ack(duplicate=True)
+    assert await station.handle(Init(), origin(2, "init")) == Ack(duplicate=True)
+    orders = [m.body["Ordnr"] for m in await _messages(outbox) if m.kind == "Order"]
+    assert orders == [ORDER.Ordnr, "Y2"]
+    assert station.order is not None and station.order.Ordnr == "Y2"
+    # a new INIT still clears the window: tsn 100 may carry something else afterwards
+    assert await station.handle(Init(), origin(3, "init-2")) == Ack()
+    assert await station.handle(LoadOrder(other), origin(100, "y2-again")) == Ack()
+
+
 @pytest.mark.parametrize(("data", "refusal", "needle"), [
     (StepResult("ZI355937", "G5A1", 1, 10, 2, True, "X0123456789"), Refusal.PATTERN_MISMATCH,
      "11an||00*"),
