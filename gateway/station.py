@@ -95,6 +95,12 @@ class OutboxLike(Protocol):
     async def get_state(self) -> dict[str, str]: ...
 
 
+def stored_ordnr(conn: sqlite3.Connection) -> str | None:
+    """The Ordnr of the order the store holds as current (inside a transaction), or None."""
+    row = conn.execute("SELECT value FROM state WHERE key='order'").fetchone()
+    return str(json.loads(row[0])["Ordnr"]) if row is not None else None
+
+
 def order_to_dict(order: Order) -> dict[str, object]:
     """The order as plain JSON values (hand-written: ``dataclasses.asdict`` deep-copies and
     costs more than the rest of an ORDER's handling)."""
@@ -348,17 +354,20 @@ class Station:
                  " (retransmission)" if status == "duplicate" else "")
         return Ack(duplicate=status == "duplicate")
 
-    def _close_order_hook(self) -> Callable[[sqlite3.Connection], object] | None:
+    def _close_order_hook(self, reloading: str = "",
+                          ) -> Callable[[sqlite3.Connection], object] | None:
         """Closes the order the store holds as current at commit time (not the one in memory:
-        another ORDER may commit just before this one)."""
+        another ORDER may commit just before this one) — unless it is ``reloading``: an ORDER
+        with the current order's Ordnr (a PAC that restarted sends its order again) replaces
+        the order's content, and the serial numbers printed for it stay issued to it."""
         reserve = self._reserve
         if reserve is None:
             return None
 
         def hook(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT value FROM state WHERE key='order'").fetchone()
-            if row is not None:
-                reserve.close_order_in(conn, json.loads(row[0])["Ordnr"])
+            current = stored_ordnr(conn)
+            if current is not None and current != reloading:
+                reserve.close_order_in(conn, current)
 
         return hook
 
@@ -398,7 +407,7 @@ class Station:
                            body_json=f'{head[:-1]},"order":{order_json}}}')
         ticket = self._ticket()
         status, _ = await self._commit(origin, [audit], state={"order": order_json},
-                                       hook=self._close_order_hook())
+                                       hook=self._close_order_hook(reloading=order.Ordnr))
         if status != "duplicate":  # a duplicate changed nothing: memory follows the store
             self._apply_order(ticket, order)
         self._board.incr("orders_loaded")
@@ -505,6 +514,15 @@ class Station:
             return await self._refused("PRINT", origin, exc)
 
         def hook(conn: sqlite3.Connection) -> str:
+            # the order checked above may have been closed by a command of another PAC that
+            # commits just before this one: serials issued to a closed order would never be
+            # used nor reported scrapped
+            current = stored_ordnr(conn)
+            if current != order.Ordnr:
+                raise RemoteProtocolError(
+                    Refusal.NO_ORDER, f"order {order.Ordnr} was closed just before this PRINT "
+                    f"({'order ' + current + ' was loaded' if current else 'no order is loaded'}"
+                    "); nothing was printed")
             serials = reserve.take_in(conn, order.Ordnr, request.selection, request.count)
             return json.dumps(serials)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -287,11 +288,12 @@ async def test_nok_with_a_non_serial_value_is_recorded_without_an_event(env):
         ("LabelsScrappingEvent", ["00123456789"])]
 
 
-async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(tmp_path):
-    """Order close = a new ORDER, INIT or the explicit close: serial numbers issued to the
-    closed order and never used are marked for return (the reserve's loop sends them)."""
+async def reserve_station(tmp_path: Path) -> tuple[
+        Outbox, Station, Callable[[], Awaitable[dict[str, tuple[int, str]]]]]:
+    """A station with a serial-number reserve holding six serials of GTIN1 (never connected:
+    nothing here talks to upstream), and a reader of the reserve's rows."""
     from adapters.openscs.client import OpenScsClient
-    from adapters.openscs.reserve import AVAILABLE, RETURNING, Reserve, ensure_schema
+    from adapters.openscs.reserve import AVAILABLE, Reserve, ensure_schema
     from gateway.settings import OpenScsSettings, ReserveSettings
 
     settings = Settings(store=StoreSettings(path=tmp_path / "outbox.sqlite"))
@@ -304,7 +306,6 @@ async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(
                          [(f"00{n:09d}", AVAILABLE, float(n)) for n in range(6)])
 
     await outbox.submit(hook=fill)
-    # never connected: nothing here talks to upstream
     reserve = Reserve(outbox, OpenScsClient(OpenScsSettings()), ReserveSettings())
     station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern,
                       reserve=reserve)
@@ -316,6 +317,15 @@ async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(
                 "SELECT serial, state, ordnr FROM reserve_serials")))
         return result.hook_result
 
+    return outbox, station, states
+
+
+async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(tmp_path):
+    """Order close = a new ORDER, INIT or the explicit close: serial numbers issued to the
+    closed order and never used are marked for return (the reserve's loop sends them)."""
+    from adapters.openscs.reserve import RETURNING
+
+    outbox, station, states = await reserve_station(tmp_path)
     first, second = ORDER, dataclasses.replace(ORDER, Ordnr="ZI000002")
     assert await station.handle(LoadOrder(first), origin(1)) == Ack()
     printed = await station.handle(PrintRequest(first.Ordnr, "GTIN1", 3), origin(2))
@@ -330,6 +340,45 @@ async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(
     assert station.order is None
     assert (await states())[again.serials[0]] == (RETURNING, second.Ordnr)
     assert (await outbox.get_state()).get("order") is None
+    await outbox.close()
+
+
+async def test_reloading_the_current_order_keeps_its_printed_serials(tmp_path):
+    """A PAC that restarted sends its current order again (new tsn): the serials printed for
+    it stay issued to it (not reported scrapped) and can still be used."""
+    from adapters.openscs.reserve import ISSUED
+
+    outbox, station, states = await reserve_station(tmp_path)
+    assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
+    printed = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 2), origin(2))
+    assert await station.handle(LoadOrder(ORDER), origin(3)) == Ack()  # the reload
+    assert [(await states())[s] for s in printed.serials] == [(ISSUED, ORDER.Ordnr)] * 2
+    used = StepResult(ORDER.Ordnr, "G5A1", 1, 10, 2, True, printed.serials[0])
+    assert await station.handle(used, origin(4)) == Ack()
+    kinds = [m.kind for m in await _messages(outbox) if m.stream == "event"]
+    assert kinds == ["SIDCommissioningEvent"]  # and no LabelsScrappingEvent
+    await outbox.close()
+
+
+async def test_a_print_racing_an_order_of_another_pac_is_refused(tmp_path):
+    """PAC B's PRINT for the current order X and PAC A's ORDER Y share a commit, the ORDER
+    first: X is closed when the PRINT runs, so the PRINT is refused (NAK 8) and no serial is
+    issued to the closed order (it would never be used nor reported scrapped)."""
+    from adapters.openscs.reserve import AVAILABLE
+
+    outbox, station, states = await reserve_station(tmp_path)
+    second = dataclasses.replace(ORDER, Ordnr="ZI000002")
+    assert await station.handle(LoadOrder(ORDER), origin(1, peer="10.0.0.1")) == Ack()
+    loaded, printed = await asyncio.gather(
+        station.handle(LoadOrder(second), origin(2, peer="10.0.0.1")),
+        station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 2), origin(7, peer="10.0.0.2")))
+    assert loaded == Ack()
+    assert isinstance(printed, Nak) and printed.refusal is Refusal.NO_ORDER
+    assert "closed just before this PRINT (order ZI000002 was loaded)" in printed.text
+    assert {state for state, _ in (await states()).values()} == {AVAILABLE}
+    # refused, so not recorded: the same tsn for the new order is a new packet
+    again = await station.handle(PrintRequest(second.Ordnr, "GTIN1", 1), origin(7, peer="10.0.0.2"))
+    assert isinstance(again, Ack) and len(again.serials) == 1
     await outbox.close()
 
 
