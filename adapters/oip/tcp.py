@@ -79,6 +79,18 @@ class OipTcpServer:
 
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
+        """One connection's handler task. At a stop it is cancelled; it then ends normally:
+        Python 3.11's stream callback calls ``task.exception()`` on it, which raises for a
+        cancelled task and logs a traceback for every open connection at every stop. The
+        handler is a leaf task (nothing below it needs the cancellation), and the server
+        awaits it after cancelling it."""
+        try:
+            await self._connection(reader, writer)
+        except asyncio.CancelledError:
+            pass
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
