@@ -156,19 +156,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     errors, _ = _split(check_warnings(settings))  # the warnings are logged by the server
     errors = [f"{args.settings}: {error}" for error in errors]
     errors += env_checks.check(settings)  # a listener that cannot bind would only crash-loop
+    lock = InstanceLock(settings.store.path)
+    if not errors:
+        try:  # before the port checks: a second gateway's ports are "in use" by the first
+            lock.acquire()
+        except (AlreadyRunning, OSError) as exc:
+            log.critical("cannot run: %s", exc)
+            return 2
+    for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
+        log.warning("%s", taken)
     if errors:
         for error in errors:
             log.critical("%s", error)
         return 2
-    lock = InstanceLock(settings.store.path)
-    try:  # before the port checks: a second gateway's ports are "in use" by the first
-        lock.acquire()
-    except (AlreadyRunning, OSError) as exc:
-        log.critical("cannot run: %s", exc)
-        return 2
     try:
-        for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
-            log.warning("%s", taken)
         return asyncio.run(_run_until_signalled(settings))
     except StoreCorrupt as exc:
         log.critical("%s", exc)
