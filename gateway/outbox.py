@@ -488,10 +488,15 @@ class Outbox:
                      clear_window: bool = False) -> SubmitResult:
         """Apply one command atomically and durably; see the module docstring.
 
-        ``clear_window`` (INIT) empties the peer's retransmission window in the same
-        transaction, before this command's own entry goes in: entries of commands committed
-        after it stay (a separate clearing transaction would delete those too, and a resend
-        of such an acknowledged command would then be processed again)."""
+        ``clear_window`` (INIT) empties the window of ``dedup_peer`` in the same
+        transaction: entries of commands committed after it stay (a separate clearing
+        transaction would delete those too, and a resend of such an acknowledged command
+        would then be processed again). Such a command is itself never looked up nor
+        recorded (``dedup`` must be None): an INIT carries nothing but its tsn, so a PAC's
+        next session starting with the same tsn must reset again, and a resent INIT resets
+        again harmlessly."""
+        if clear_window and (dedup is not None or not dedup_peer):
+            raise ValueError("clear_window needs dedup_peer and no dedup")
         msgs = list(messages)
         writer = self._writer
         window = self._dedup_window

@@ -305,11 +305,11 @@ class Station:
     async def _commit(self, origin: Origin, messages: Sequence[NewMessage] = (), *,
                       state: Mapping[str, str | None] | None = None,
                       hook: Callable[[sqlite3.Connection], object] | None = None,
-                      clear_window: bool = False) -> tuple[str, Any]:
+                      ) -> tuple[str, Any]:
         """Commit one command; returns (status, result) where status is accepted/duplicate."""
         result = await self._outbox.submit(messages, dedup=origin,
                                            dedup_peer=self._identity(origin), state=state,
-                                           hook=hook, clear_window=clear_window)
+                                           hook=hook)
         if result.status == "conflict":
             raise self._tsn_reused(origin)
         return result.status, result
@@ -377,16 +377,17 @@ class Station:
             previous = self._order.Ordnr if self._order else ""
             ticket = self._ticket()
             # the window is cleared in the INIT's own transaction: what commits after the
-            # INIT (another connection of this peer) keeps its entries, and the INIT's own
-            # entry answers a resent INIT
-            status, _ = await self._commit(origin, state={"order": None, "user": None},
-                                           hook=self._close_order_hook(), clear_window=True)
-            if status != "duplicate":  # a duplicate changed nothing in the store
-                self._apply_order(ticket, None)
-                self._apply_user(ticket, "")
+            # INIT (another connection of this peer) keeps its entries. An INIT is never
+            # recorded in the window: it carries only its tsn, and a PAC's next session may
+            # start with the same tsn; a resent INIT simply resets again.
+            await self._outbox.submit(dedup_peer=self._identity(origin),
+                                      state={"order": None, "user": None},
+                                      hook=self._close_order_hook(), clear_window=True)
+            self._apply_order(ticket, None)
+            self._apply_user(ticket, "")
         log.info("INIT from %s tsn=%d: session cleared (closed order %r)", origin.peer,
                  origin.tsn, previous)
-        return Ack(duplicate=status == "duplicate")
+        return Ack()
 
     def _require_login(self) -> None:
         if self._settings.oip.require_login and not self._user:

@@ -125,7 +125,7 @@ async def test_retransmission_is_acked_once_and_reuse_is_refused(env):
 async def test_init_keeps_the_window_of_what_commits_after_it(env):
     """Two connections of one peer: an INIT and an ORDER share a commit, the ORDER after the
     INIT. The ORDER's window entry must survive the INIT, so that its resend (ACK lost) is
-    re-ACKed and not loaded again; a resent INIT is re-ACKed too."""
+    re-ACKed and not loaded again."""
     _, outbox, _, station = env
     other = dataclasses.replace(ORDER, Ordnr="Y2")
     init, loaded = await asyncio.gather(station.handle(Init(), origin(2, "init")),
@@ -133,13 +133,27 @@ async def test_init_keeps_the_window_of_what_commits_after_it(env):
     assert init == Ack() and loaded == Ack()
     assert await station.handle(LoadOrder(other), origin(101, "y2")) == Ack()
     assert await station.handle(LoadOrder(ORDER), origin(100, "x1")) == Ack(duplicate=True)
-    assert await station.handle(Init(), origin(2, "init")) == Ack(duplicate=True)
     orders = [m.body["Ordnr"] for m in await _messages(outbox) if m.kind == "Order"]
     assert orders == [ORDER.Ordnr, "Y2"]
     assert station.order is not None and station.order.Ordnr == "Y2"
     # a new INIT still clears the window: tsn 100 may carry something else afterwards
-    assert await station.handle(Init(), origin(3, "init-2")) == Ack()
+    assert await station.handle(Init(), origin(3)) == Ack()
     assert await station.handle(LoadOrder(other), origin(100, "y2-again")) == Ack()
+
+
+async def test_every_init_resets_even_with_a_tsn_seen_before(env):
+    """An INIT carries only its tsn: a PAC that starts every session with INIT tsn=1 (or
+    reuses the tsn of an earlier packet) must get a reset each time, not a duplicate ACK or
+    a NAK 6, and its next packets must be accepted."""
+    _, _, _, station = env
+    assert await station.handle(Login("alice"), origin(1, "login")) == Ack()
+    assert await station.handle(Init(), origin(1)) == Ack()  # tsn 1 was the LOGIN's
+    assert station.user == ""
+    assert await station.handle(LoadOrder(ORDER), origin(2, "order")) == Ack()
+    assert await station.handle(Init(), origin(1)) == Ack()  # the next session, same INIT
+    assert station.order is None
+    assert await station.handle(Login("bob"), origin(2, "login-bob")) == Ack()  # tsn 2 free
+    assert station.user == "bob"
 
 
 @pytest.mark.parametrize(("data", "refusal", "needle"), [
