@@ -160,9 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not errors:
         try:  # before the port checks: a second gateway's ports are "in use" by the first
             lock.acquire()
-        except (AlreadyRunning, OSError) as exc:
+        except AlreadyRunning as exc:  # exit 2: systemd does not restart into it again
             log.critical("cannot run: %s", exc)
             return 2
+        except OSError as exc:  # the lock file cannot be made: run unguarded, say so
+            log.error("cannot take the instance lock %s (%s): running without the guard "
+                      "against a second gateway on this store", lock.path, exc)
     for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
         log.warning("%s", taken)
     if errors:

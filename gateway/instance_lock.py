@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import time
 from pathlib import Path
 
 from gateway.errors import LinegateError
+
+log = logging.getLogger(__name__)
 
 
 class AlreadyRunning(LinegateError):
@@ -23,8 +27,11 @@ class AlreadyRunning(LinegateError):
 
 
 class InstanceLock:
+    """The lock file is named after the store's real path (symlinks resolved), so two settings
+    files reaching one store through different paths still share it."""
+
     def __init__(self, store_path: Path) -> None:
-        self.path = Path(f"{store_path}.lock")
+        self.path = Path(f"{Path(store_path).resolve()}.lock")
         self._fd: int | None = None
 
     def holder(self) -> str:
@@ -48,20 +55,34 @@ class InstanceLock:
             os.close(fd)  # closing drops a lock taken just now
         return False
 
-    def acquire(self) -> None:
+    def acquire(self, patience_s: float = 1.0) -> None:
+        """Take the lock or raise AlreadyRunning. ``linegate check`` probes the lock for a
+        moment, so a busy lock is tried again for ``patience_s`` before giving up. The pid
+        is written for the messages; failing to write it (a full disk) is only a warning:
+        the outbox has its own plan for a full disk and the gateway must start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another linegate (pid {self.holder()}) is already running with this outbox "
-                f"({self.path.with_suffix('')}, lock {self.path}); stop it first "
-                "(systemctl stop linegate) or give this one its own store.path") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise AlreadyRunning(
+                    f"another linegate (pid {self.holder()}) is already running with this "
+                    f"outbox ({self.path.with_suffix('')}, lock {self.path}); stop it first "
+                    "(systemctl stop linegate) or give this one its own store.path") from None
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            log.warning("instance lock %s taken, but the pid could not be written: %s",
+                        self.path, exc)
 
     def release(self) -> None:
         """Unlock (the file stays: removing it would race with a process opening it)."""
