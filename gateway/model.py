@@ -166,6 +166,7 @@ class Refusal(enum.Enum):
     PATTERN_MISMATCH = "value does not match the step pattern"
     RESERVE_EMPTY = "serial number reserve empty"
     BUSY = "busy"
+    SERIAL_SCRAPPED = "serial number already reported scrapped"
     INTERNAL = "internal error"
 
 

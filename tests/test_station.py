@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -371,6 +372,39 @@ async def test_reloading_the_current_order_keeps_its_printed_serials(tmp_path):
     assert await station.handle(used, origin(4)) == Ack()
     kinds = [m.kind for m in await _messages(outbox) if m.stream == "event"]
     assert kinds == ["SIDCommissioningEvent"]  # and no LabelsScrappingEvent
+    await outbox.close()
+
+
+async def test_a_label_reported_scrapped_is_refused_by_data_ok(tmp_path):
+    """Order X closes with printed, unused labels; once they are reported scrapped, a DATA OK
+    scanning one of them (on the next order) is refused with NAK 13 and commissions
+    nothing; the other DATA results are recorded as usual."""
+    from adapters.openscs.reserve import SCRAPPED, SCRAPPED_MEMORY_S
+
+    outbox, station, states = await reserve_station(tmp_path)
+    second = dataclasses.replace(ORDER, Ordnr="ZI000002")
+    assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
+    printed = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 2), origin(2))
+    assert await station.handle(LoadOrder(second), origin(3)) == Ack()  # closes X
+    assert await station._reserve.queue_returns() == 2
+    assert [(await states())[s][0] for s in printed.serials] == [SCRAPPED] * 2
+    scrapped = printed.serials[0]
+    reply = await station.handle(
+        StepResult(second.Ordnr, "G5A1", 1, 10, 2, True, scrapped), origin(4))
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.SERIAL_SCRAPPED
+    assert f"serial {scrapped} was printed for order {ORDER.Ordnr}" in reply.text
+    assert await station.handle(  # a label of the reserve's own stock is fine
+        StepResult(second.Ordnr, "G5A1", 1, 10, 2, True, "00999999999"), origin(5)) == Ack()
+    kinds = [(m.kind, m.body["serials"]) for m in await _messages(outbox)
+             if m.stream == "event"]
+    assert kinds == [("LabelsScrappingEvent", list(printed.serials)),
+                     ("SIDCommissioningEvent", ["00999999999"])]
+    assert (await states())[scrapped][0] == SCRAPPED  # still remembered
+    month_ago = time.time() - SCRAPPED_MEMORY_S - 60
+    await outbox.submit(hook=lambda c: c.execute(
+        "UPDATE reserve_serials SET added_at=? WHERE state=?", (month_ago, SCRAPPED)))
+    await station._reserve.refresh()  # forgets what was scrapped longer ago than the memory
+    assert not set(printed.serials) & set(await states())
     await outbox.close()
 
 

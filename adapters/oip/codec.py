@@ -73,6 +73,7 @@ NAK_CODES: Final[dict[Refusal, int]] = {
     Refusal.PATTERN_MISMATCH: 10,
     Refusal.RESERVE_EMPTY: 11,
     Refusal.BUSY: 12,
+    Refusal.SERIAL_SCRAPPED: 13,
     Refusal.INTERNAL: 99,
 }
 REFUSALS_BY_CODE: Final = {code: refusal for refusal, code in NAK_CODES.items()}

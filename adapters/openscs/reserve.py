@@ -39,7 +39,10 @@ it succeeds. A PRINT refused for an empty reserve says the refill state: never r
 in progress, the last failure or refusal (with the next try), or when the last one came.
 
 Row states: 0 available, 1 issued to an order (printed), 3 closed unused (to be reported
-scrapped). Used and reported serial numbers are deleted.
+scrapped), 4 reported scrapped (queued as a LabelsScrappingEvent). Used serial numbers are
+deleted; scrapped ones are remembered for ``SCRAPPED_MEMORY_S`` (``added_at`` then holds when
+they were queued) so that a DATA OK scanning such a label is refused (NAK 13) instead of
+commissioning a label the upstream was told is destroyed.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ from gateway.settings import ReserveSettings
 
 log = logging.getLogger(__name__)
 
-AVAILABLE, ISSUED, CLOSED_UNUSED = 0, 1, 3
+AVAILABLE, ISSUED, CLOSED_UNUSED, SCRAPPED = 0, 1, 3, 4
+SCRAPPED_MEMORY_S = 30 * 86400.0  # how long a reported-scrapped serial number is remembered
 RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, not returned
 STREAM_POOL = "pool"
 STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
@@ -72,7 +76,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserve_serials (
     serial TEXT PRIMARY KEY,
     selection TEXT NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 closed unused
+    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 closed unused, 4 scrapped
     ordnr TEXT NOT NULL DEFAULT '',
     pool_id TEXT NOT NULL DEFAULT '',  -- AssociatedPoolID the upstream handed them out from
     added_at REAL NOT NULL
@@ -212,16 +216,25 @@ class Reserve:
             self._poke()
         return serials
 
-    def mark_used_in(self, conn: sqlite3.Connection,
-                     serial: str) -> tuple[str, str] | None:
+    def mark_used_in(self, conn: sqlite3.Connection, serial: str,
+                     ok: bool = True) -> tuple[str, str] | None:
         """DATA OK/NOK: ``serial`` is used and leaves the reserve; returns its (selection,
-        pool_id), or None for a serial number the reserve never held."""
+        pool_id), or None for a serial number the reserve does not hold. A DATA OK for a
+        serial number already reported scrapped is refused (RemoteProtocolError, NAK 13)."""
         self._ensure(conn)
-        row = conn.execute("SELECT selection, pool_id FROM reserve_serials WHERE serial=?",
-                           (serial,)).fetchone()
-        if row is not None:
-            conn.execute("DELETE FROM reserve_serials WHERE serial=?", (serial,))
-        return (str(row[0]), str(row[1])) if row is not None else None
+        row = conn.execute("SELECT selection, pool_id, state, ordnr FROM reserve_serials "
+                           "WHERE serial=?", (serial,)).fetchone()
+        if row is None:
+            return None
+        if row[2] == SCRAPPED:
+            if ok:
+                raise RemoteProtocolError(
+                    Refusal.SERIAL_SCRAPPED,
+                    f"serial {serial} was printed for order {row[3]}, which closed without "
+                    "using it, and was reported scrapped upstream: do not use this label")
+            return None  # a failed scan of a scrapped label: recorded as for any other
+        conn.execute("DELETE FROM reserve_serials WHERE serial=?", (serial,))
+        return str(row[0]), str(row[1])
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
         """Order closed: its printed, unused serial numbers will be reported scrapped."""
@@ -274,6 +287,8 @@ class Reserve:
             for s, n in conn.execute("SELECT selection, COUNT(*) FROM reserve_serials "
                                      "WHERE state=? GROUP BY selection", (AVAILABLE,)):
                 counts[s] = int(n)
+            conn.execute("DELETE FROM reserve_serials WHERE state=? AND added_at<?",
+                         (SCRAPPED, time.time() - SCRAPPED_MEMORY_S))
             return counts
 
         self._levels.update(await self._hook(read))
@@ -399,8 +414,9 @@ class Reserve:
                     "ordnr=? AND state=? ORDER BY added_at, serial", (*group, CLOSED_UNUSED))]
                 if not still:
                     raise _NothingLeft
-                conn.execute("DELETE FROM reserve_serials WHERE selection=? AND pool_id=? AND "
-                             "ordnr=? AND state=?", (*group, CLOSED_UNUSED))
+                conn.execute("UPDATE reserve_serials SET state=?, added_at=? WHERE "
+                             "selection=? AND pool_id=? AND ordnr=? AND state=?",
+                             (SCRAPPED, time.time(), *group, CLOSED_UNUSED))
                 body["serials"] = still
 
             try:
