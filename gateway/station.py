@@ -79,8 +79,8 @@ class SerialReserve(Protocol):
     def take_in(self, conn: sqlite3.Connection, ordnr: str, selection: str,
                 count: int) -> list[str]: ...
 
-    def mark_used_in(self, conn: sqlite3.Connection, serial: str,
-                     ok: bool = True) -> tuple[str, str] | None: ...
+    def mark_used_in(self, conn: sqlite3.Connection, serial: str, ok: bool = True,
+                     ordnr: str = "") -> tuple[str, str] | None: ...
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None: ...
 
@@ -491,7 +491,7 @@ class Station:
             reserve = self._reserve
             if reserve is not None:
                 def hook(conn: sqlite3.Connection) -> None:
-                    came_from = reserve.mark_used_in(conn, serial, data.ok)
+                    came_from = reserve.mark_used_in(conn, serial, data.ok, order.Ordnr)
                     if came_from is not None:
                         body["pool"], body["pool_id"] = came_from
                         if not data.ok:  # printed from the reserve: still Allocated upstream

@@ -288,3 +288,57 @@ async def test_a_permanent_refusal_alarms_logs_once_and_backs_off(
                 await task
             await client.close()
             await outbox.close()
+
+
+async def test_two_selections_may_hold_the_same_serial_numbers(rig: Rig) -> None:
+    """SERIALONLY pools number from the same start, so two GTINs hand out equal numbers: the
+    reserve keeps both (keyed by selection and serial), upstream's Allocated numbers all sit
+    in the reserve, and a DATA on a printed label finds the row of its own selection."""
+    other, other_pool = "09506000134369", "GTIN-09506000134369"
+    both = Reserve(rig.outbox, rig.client, ReserveSettings(
+        selections=[GTIN, other], low_water=10, fill_to=30, check_interval_s=0.05),
+        board=rig.board)
+    await both.run_once()
+    assert both.level(GTIN) == 30 and both.level(other) == 30
+    rows = await rig.submit(lambda c: c.execute(
+        "SELECT selection, serial FROM reserve_serials").fetchall())
+    held = {sel: {s for t, s in rows if t == sel} for sel in (GTIN, other)}
+    assert held[GTIN] & held[other]  # the equal numbers that used to be dropped
+    for sel, pool in ((GTIN, POOL_ID), (other, other_pool)):
+        allocated = {s for (_, s), st in rig.server.serial_states(pool).items()
+                     if st == SerialNumberState.Allocated}
+        assert allocated == held[sel]
+    printed = await rig.submit(lambda c: both.take_in(c, "O-1", other, 1))
+    serial = printed[0]
+    assert serial in held[GTIN]  # also available in the first selection
+    came = await rig.submit(lambda c: both.mark_used_in(c, serial, True, "O-1"))
+    assert came == (other, other_pool)
+    left = await rig.submit(lambda c: c.execute(
+        "SELECT selection, state FROM reserve_serials WHERE serial=?", (serial,)).fetchall())
+    assert left == [(GTIN, 0)]  # the first selection's equal number is still available
+
+
+def test_a_reserve_table_keyed_by_serial_alone_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
+    from adapters.openscs.reserve import ensure_schema
+
+    conn = sqlite3.connect(tmp_path / "old.sqlite", isolation_level=None)
+    conn.execute("CREATE TABLE reserve_serials (serial TEXT PRIMARY KEY, selection TEXT NOT "
+                 "NULL, state INTEGER NOT NULL DEFAULT 0, ordnr TEXT NOT NULL DEFAULT '', "
+                 "pool_id TEXT NOT NULL DEFAULT '', added_at REAL NOT NULL)")
+    conn.execute("CREATE INDEX reserve_by_state ON reserve_serials (selection, state, added_at)")
+    conn.executemany("INSERT INTO reserve_serials VALUES (?, ?, ?, ?, ?, ?)",
+                     [("100001", GTIN, 1, "O-1", POOL_ID, 1.0),
+                      ("100002", GTIN, 0, "", POOL_ID, 2.0)])
+    conn.execute("BEGIN")
+    ensure_schema(conn)
+    conn.execute("COMMIT")
+    keys = [r[1] for r in conn.execute("PRAGMA table_info(reserve_serials)") if r[5]]
+    assert keys == ["serial", "selection"] or keys == ["selection", "serial"]
+    assert conn.execute("SELECT serial, selection, state, ordnr, pool_id, added_at FROM "
+                        "reserve_serials ORDER BY serial").fetchall() == [
+        ("100001", GTIN, 1, "O-1", POOL_ID, 1.0), ("100002", GTIN, 0, "", POOL_ID, 2.0)]
+    conn.execute("INSERT INTO reserve_serials (serial, selection, added_at) VALUES "
+                 "('100001', 'other', 3.0)")  # the same number in another selection now fits
+    ensure_schema(conn)  # idempotent
+    assert conn.execute("SELECT COUNT(*) FROM reserve_serials").fetchone() == (3,)
+    conn.close()

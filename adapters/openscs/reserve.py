@@ -74,16 +74,23 @@ STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EV
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserve_serials (
-    serial TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
     selection TEXT NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 closed unused, 4 scrapped
     ordnr TEXT NOT NULL DEFAULT '',
     pool_id TEXT NOT NULL DEFAULT '',  -- AssociatedPoolID the upstream handed them out from
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    -- a SERIALONLY number is unique in its pool only: two selections (GTINs) may both hold it
+    PRIMARY KEY (selection, serial)
 );
 CREATE INDEX IF NOT EXISTS reserve_by_state ON reserve_serials (selection, state, added_at);
+CREATE INDEX IF NOT EXISTS reserve_by_serial ON reserve_serials (serial);
 CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
+# A DATA names a serial number only; when several selections hold it, the row it means is
+# the first of: issued to the current order, issued, closed unused, reported scrapped (a
+# printed label), available (never printed here).
+_USE_RANK = {ISSUED: 1, CLOSED_UNUSED: 2, SCRAPPED: 3, AVAILABLE: 4}
 
 
 @dataclass
@@ -111,10 +118,22 @@ class OutboxLike(Protocol):
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the reserve tables if absent (idempotent; runs inside the caller's transaction)."""
+    """Create the reserve tables if absent (idempotent; runs inside the caller's transaction).
+    A table of the first layout (the serial number alone as its key, which dropped a second
+    pool's equal numbers) is rebuilt with its rows."""
+    keys = [r[1] for r in conn.execute("PRAGMA table_info(reserve_serials)") if r[5]]
+    if keys == ["serial"]:
+        conn.execute("ALTER TABLE reserve_serials RENAME TO reserve_serials_v1")
+        conn.execute("DROP INDEX IF EXISTS reserve_by_state")
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    if keys == ["serial"]:
+        conn.execute("INSERT INTO reserve_serials (serial, selection, state, ordnr, pool_id, "
+                     "added_at) SELECT serial, selection, state, ordnr, pool_id, added_at "
+                     "FROM reserve_serials_v1")
+        conn.execute("DROP TABLE reserve_serials_v1")
+        log.info("reserve: table reserve_serials now keyed by (selection, serial)")
 
 
 class Reserve:
@@ -207,8 +226,8 @@ class Reserve:
         serials = [r[0] for r in rows]
         conn.execute("INSERT OR IGNORE INTO reserve_selections (selection) VALUES (?)",
                      (selection,))
-        conn.executemany("UPDATE reserve_serials SET state=?, ordnr=? WHERE serial=?",
-                         [(ISSUED, ordnr, s) for s in serials])
+        conn.executemany("UPDATE reserve_serials SET state=?, ordnr=? WHERE selection=? AND "
+                         "serial=?", [(ISSUED, ordnr, selection, s) for s in serials])
         (left,) = conn.execute("SELECT COUNT(*) FROM reserve_serials WHERE selection=? AND "
                                "state=?", (selection, AVAILABLE)).fetchone()
         self._levels[selection] = int(left)
@@ -216,16 +235,19 @@ class Reserve:
             self._poke()
         return serials
 
-    def mark_used_in(self, conn: sqlite3.Connection, serial: str,
-                     ok: bool = True) -> tuple[str, str] | None:
-        """DATA OK/NOK: ``serial`` is used and leaves the reserve; returns its (selection,
-        pool_id), or None for a serial number the reserve does not hold. A DATA OK for a
-        serial number already reported scrapped is refused (RemoteProtocolError, NAK 13)."""
+    def mark_used_in(self, conn: sqlite3.Connection, serial: str, ok: bool = True,
+                     ordnr: str = "") -> tuple[str, str] | None:
+        """DATA OK/NOK on order ``ordnr``: ``serial`` is used and leaves the reserve; returns
+        its (selection, pool_id), or None for a serial number the reserve does not hold. A
+        DATA OK for a serial number already reported scrapped is refused
+        (RemoteProtocolError, NAK 13). Held by several selections: see ``_USE_RANK``."""
         self._ensure(conn)
-        row = conn.execute("SELECT selection, pool_id, state, ordnr FROM reserve_serials "
-                           "WHERE serial=?", (serial,)).fetchone()
-        if row is None:
+        rows = conn.execute("SELECT selection, pool_id, state, ordnr FROM reserve_serials "
+                            "WHERE serial=?", (serial,)).fetchall()
+        if not rows:
             return None
+        row = min(rows, key=lambda r: (0 if r[2] == ISSUED and r[3] == ordnr else
+                                       _USE_RANK.get(r[2], 9), r[0]))
         if row[2] == SCRAPPED:
             if ok:
                 raise RemoteProtocolError(
@@ -233,7 +255,8 @@ class Reserve:
                     f"serial {serial} was printed for order {row[3]}, which closed without "
                     "using it, and was reported scrapped upstream: do not use this label")
             return None  # a failed scan of a scrapped label: recorded as for any other
-        conn.execute("DELETE FROM reserve_serials WHERE serial=?", (serial,))
+        conn.execute("DELETE FROM reserve_serials WHERE selection=? AND serial=?",
+                     (row[0], serial))
         return str(row[0]), str(row[1])
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
