@@ -15,7 +15,7 @@ from gateway.errors import StoreCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # message states
 PENDING = 0
@@ -80,7 +80,19 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE kv")
 
 
-MIGRATIONS = {1: _v1_to_v2}
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """The serial-number reserve's table is keyed by (selection, serial) instead of the serial
+    alone (SERIALONLY pools hand out equal numbers). The reserve owns its tables and rebuilds
+    them (``ensure_schema``); the version step is what makes an older gateway, which would
+    misread the new key, refuse the file instead of damaging it."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "reserve_serials" in tables:
+        from adapters.openscs.reserve import ensure_schema  # the reserve's own layout
+
+        ensure_schema(conn)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

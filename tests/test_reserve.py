@@ -318,10 +318,16 @@ async def test_two_selections_may_hold_the_same_serial_numbers(rig: Rig) -> None
     assert left == [(GTIN, 0)]  # the first selection's equal number is still available
 
 
-def test_a_reserve_table_keyed_by_serial_alone_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
+async def test_a_reserve_table_keyed_by_serial_alone_is_rebuilt_with_its_rows(
+        tmp_path: Path) -> None:
+    """An outbox of schema 2 holding the first reserve layout: opening it migrates to schema
+    3 (which an older gateway refuses instead of misreading) and keeps the rows."""
     from adapters.openscs.reserve import ensure_schema
+    from gateway import outbox_schema
 
-    conn = sqlite3.connect(tmp_path / "old.sqlite", isolation_level=None)
+    path = tmp_path / "outbox.sqlite"
+    await (await Outbox.open(StoreSettings(path=path))).close()
+    conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE reserve_serials (serial TEXT PRIMARY KEY, selection TEXT NOT "
                  "NULL, state INTEGER NOT NULL DEFAULT 0, ordnr TEXT NOT NULL DEFAULT '', "
                  "pool_id TEXT NOT NULL DEFAULT '', added_at REAL NOT NULL)")
@@ -329,16 +335,21 @@ def test_a_reserve_table_keyed_by_serial_alone_is_rebuilt_with_its_rows(tmp_path
     conn.executemany("INSERT INTO reserve_serials VALUES (?, ?, ?, ?, ?, ?)",
                      [("100001", GTIN, 1, "O-1", POOL_ID, 1.0),
                       ("100002", GTIN, 0, "", POOL_ID, 2.0)])
-    conn.execute("BEGIN")
-    ensure_schema(conn)
-    conn.execute("COMMIT")
-    keys = [r[1] for r in conn.execute("PRAGMA table_info(reserve_serials)") if r[5]]
-    assert keys == ["serial", "selection"] or keys == ["selection", "serial"]
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    outbox = await Outbox.open(StoreSettings(path=path))
+    await outbox.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == outbox_schema.SCHEMA_VERSION == 3
+    keys = {r[1] for r in conn.execute("PRAGMA table_info(reserve_serials)") if r[5]}
+    assert keys == {"selection", "serial"}
     assert conn.execute("SELECT serial, selection, state, ordnr, pool_id, added_at FROM "
                         "reserve_serials ORDER BY serial").fetchall() == [
         ("100001", GTIN, 1, "O-1", POOL_ID, 1.0), ("100002", GTIN, 0, "", POOL_ID, 2.0)]
     conn.execute("INSERT INTO reserve_serials (serial, selection, added_at) VALUES "
                  "('100001', 'other', 3.0)")  # the same number in another selection now fits
+    conn.execute("BEGIN")
     ensure_schema(conn)  # idempotent
+    conn.execute("COMMIT")
     assert conn.execute("SELECT COUNT(*) FROM reserve_serials").fetchone() == (3,)
     conn.close()

@@ -375,36 +375,55 @@ async def test_reloading_the_current_order_keeps_its_printed_serials(tmp_path):
     await outbox.close()
 
 
-async def test_a_label_reported_scrapped_is_refused_by_data_ok(tmp_path):
-    """Order X closes with printed, unused labels; once they are reported scrapped, a DATA OK
-    scanning one of them (on the next order) is refused with NAK 13 and commissions
-    nothing; the other DATA results are recorded as usual."""
-    from adapters.openscs.reserve import SCRAPPED, SCRAPPED_MEMORY_S
+async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_path):
+    """Labels this gateway printed and reported scrapped (order closed unused by an INIT and
+    loaded again; a DATA NOK then a rescan OK) are refused by DATA OK with NAK 13. An equal
+    number scrapped for another order, or one still available (no label carries it), is
+    taken as another pool's label: accepted, with no pool, and the reserve keeps its rows."""
+    from adapters.openscs.reserve import AVAILABLE, SCRAPPED, SCRAPPED_MEMORY_S
 
     outbox, station, states = await reserve_station(tmp_path)
-    second = dataclasses.replace(ORDER, Ordnr="ZI000002")
+    other = dataclasses.replace(ORDER, Ordnr="ZI000002")
+
+    def ok(order: Order, serial: str, tsn: int) -> Awaitable[object]:
+        return station.handle(StepResult(order.Ordnr, "G5A1", 1, 10, 2, True, serial),
+                              origin(tsn))
+
     assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
-    printed = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 2), origin(2))
-    assert await station.handle(LoadOrder(second), origin(3)) == Ack()  # closes X
-    assert await station._reserve.queue_returns() == 2
-    assert [(await states())[s][0] for s in printed.serials] == [SCRAPPED] * 2
-    scrapped = printed.serials[0]
-    reply = await station.handle(
-        StepResult(second.Ordnr, "G5A1", 1, 10, 2, True, scrapped), origin(4))
+    printed = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 3), origin(2))
+    assert await station.handle(Init(), origin(3)) == Ack()  # closes the order
+    assert await station._reserve.queue_returns() == 3
+    assert {(await states())[s][0] for s in printed.serials} == {SCRAPPED}
+    assert await station.handle(LoadOrder(ORDER), origin(4)) == Ack()  # loaded again
+    reply = await ok(ORDER, printed.serials[0], 5)
     assert isinstance(reply, Nak) and reply.refusal is Refusal.SERIAL_SCRAPPED
-    assert f"serial {scrapped} was printed for order {ORDER.Ordnr}" in reply.text
-    assert await station.handle(  # a label of the reserve's own stock is fine
-        StepResult(second.Ordnr, "G5A1", 1, 10, 2, True, "00999999999"), origin(5)) == Ack()
-    kinds = [(m.kind, m.body["serials"]) for m in await _messages(outbox)
-             if m.stream == "event"]
-    assert kinds == [("LabelsScrappingEvent", list(printed.serials)),
-                     ("SIDCommissioningEvent", ["00999999999"])]
-    assert (await states())[scrapped][0] == SCRAPPED  # still remembered
+    assert f"serial {printed.serials[0]} (printed for order {ORDER.Ordnr}" in reply.text
+
+    fresh = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 1), origin(6))
+    label = fresh.serials[0]
+    nok = StepResult(ORDER.Ordnr, "G5A1", 1, 10, 2, False, label)
+    assert await station.handle(nok, origin(7)) == Ack()  # reported scrapped by the NOK
+    rescan = await ok(ORDER, label, 8)
+    assert isinstance(rescan, Nak) and rescan.refusal is Refusal.SERIAL_SCRAPPED
+
+    assert await station.handle(LoadOrder(other), origin(9)) == Ack()
+    assert await ok(other, printed.serials[1], 10) == Ack()  # scrapped for ORDER, not this
+    unprinted = sorted(s for s, (st, _) in (await states()).items() if st == AVAILABLE)[0]
+    assert await ok(other, unprinted, 11) == Ack()  # an equal number of another pool
+    now = await states()
+    assert now[printed.serials[1]][0] == SCRAPPED and now[unprinted][0] == AVAILABLE
+    events = [(m.kind, m.body["serials"], m.body["pool"]) for m in await _messages(outbox)
+              if m.stream == "event"]
+    assert events == [("LabelsScrappingEvent", list(printed.serials), "GTIN1"),
+                      ("LabelsScrappingEvent", [label], "GTIN1"),
+                      ("SIDCommissioningEvent", [printed.serials[1]], ""),
+                      ("SIDCommissioningEvent", [unprinted], "")]
+
     month_ago = time.time() - SCRAPPED_MEMORY_S - 60
     await outbox.submit(hook=lambda c: c.execute(
         "UPDATE reserve_serials SET added_at=? WHERE state=?", (month_ago, SCRAPPED)))
     await station._reserve.refresh()  # forgets what was scrapped longer ago than the memory
-    assert not set(printed.serials) & set(await states())
+    assert not {*printed.serials, label} & set(await states())
     await outbox.close()
 
 

@@ -32,6 +32,7 @@ NAK reason codes (``NAK_CODES``, gateway.model.Refusal -> code)::
     10 pattern mismatch   DATA value does not match the validate-serial step's c pattern
     11 reserve empty      PRINT: the local serial-number reserve cannot supply the count
     12 busy               too many connections / station shutting down
+    13 serial scrapped    DATA OK on a label of the order already reported scrapped
     99 internal error     a bug or unexpected failure; the text says what
 """
 

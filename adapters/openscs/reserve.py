@@ -9,10 +9,12 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     PRINT: hands out ``count`` available serial numbers of ``selection`` (oldest first) and
     records them as issued to ``Ordnr``. Raises ``RemoteProtocolError(Refusal.RESERVE_EMPTY)``
     when fewer are available; nothing is taken then. No network round trip.
-``mark_used_in(conn, serial) -> (selection, pool_id) | None``
-    DATA OK/NOK on a validate-serial step: the serial number is used (its event carries it
-    upstream) and leaves the reserve. Returns the selection it was printed for and the pool
-    the upstream handed it out from, so that the event names that pool.
+``mark_used_in(conn, serial, ok, Ordnr) -> (selection, pool_id) | None``
+    DATA OK/NOK on a validate-serial step: when the serial number is a label this gateway
+    printed it leaves the reserve (OK: used; NOK: remembered as reported scrapped) and the
+    selection and pool it came from are returned, so that the event names that pool. A DATA
+    OK for a label of the current order already reported scrapped raises
+    ``RemoteProtocolError(Refusal.SERIAL_SCRAPPED)`` (NAK 13).
 ``close_order_in(conn, Ordnr)``
     ORDER (closing the previous order), INIT or an explicit close: serial numbers issued to
     ``Ordnr`` and never reported by DATA are marked closed-unused. They were handed to the
@@ -39,10 +41,11 @@ it succeeds. A PRINT refused for an empty reserve says the refill state: never r
 in progress, the last failure or refusal (with the next try), or when the last one came.
 
 Row states: 0 available, 1 issued to an order (printed), 3 closed unused (to be reported
-scrapped), 4 reported scrapped (queued as a LabelsScrappingEvent). Used serial numbers are
-deleted; scrapped ones are remembered for ``SCRAPPED_MEMORY_S`` (``added_at`` then holds when
-they were queued) so that a DATA OK scanning such a label is refused (NAK 13) instead of
-commissioning a label the upstream was told is destroyed.
+scrapped), 4 reported scrapped (queued as a LabelsScrappingEvent: order closed unused, or
+a DATA NOK). Used serial numbers are deleted; scrapped ones are remembered for
+``SCRAPPED_MEMORY_S`` (``added_at`` then holds when) so that a DATA OK scanning such a label
+on its order is refused (NAK 13) instead of commissioning a label the upstream was told is
+destroyed. Rows are keyed by (selection, serial): SERIALONLY pools hand out equal numbers.
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ CREATE INDEX IF NOT EXISTS reserve_by_state ON reserve_serials (selection, state
 CREATE INDEX IF NOT EXISTS reserve_by_serial ON reserve_serials (serial);
 CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
-# A DATA names a serial number only; when several selections hold it, the row it means is
-# the first of: issued to the current order, issued, closed unused, reported scrapped (a
-# printed label), available (never printed here).
-_USE_RANK = {ISSUED: 1, CLOSED_UNUSED: 2, SCRAPPED: 3, AVAILABLE: 4}
+# A DATA names a serial number only; the label it scanned can be one this gateway printed
+# (issued, closed unused or reported scrapped), never an available number (not printed here:
+# an equal number of another pool). Among several, the current order's come first, then by
+# this rank.
+_USE_RANK = {ISSUED: 0, CLOSED_UNUSED: 1, SCRAPPED: 2}
 
 
 @dataclass
@@ -237,27 +241,39 @@ class Reserve:
 
     def mark_used_in(self, conn: sqlite3.Connection, serial: str, ok: bool = True,
                      ordnr: str = "") -> tuple[str, str] | None:
-        """DATA OK/NOK on order ``ordnr``: ``serial`` is used and leaves the reserve; returns
-        its (selection, pool_id), or None for a serial number the reserve does not hold. A
-        DATA OK for a serial number already reported scrapped is refused
-        (RemoteProtocolError, NAK 13). Held by several selections: see ``_USE_RANK``."""
+        """DATA OK/NOK of ``serial`` on order ``ordnr``: when it is a label this gateway
+        printed, returns its (selection, pool_id) and takes it out of the reserve (OK: used;
+        NOK: remembered as reported scrapped, the DATA's own event reports it); otherwise
+        None. A DATA OK for a label of the current order already reported scrapped (order
+        closed unused then loaded again, or an earlier DATA NOK) is refused
+        (RemoteProtocolError, NAK 13); an equal number scrapped for another order is taken
+        as another pool's label."""
         self._ensure(conn)
-        rows = conn.execute("SELECT selection, pool_id, state, ordnr FROM reserve_serials "
-                            "WHERE serial=?", (serial,)).fetchall()
+        rows = [r for r in conn.execute(
+            "SELECT selection, pool_id, state, ordnr FROM reserve_serials WHERE serial=?",
+            (serial,)) if r[2] in _USE_RANK]
         if not rows:
             return None
-        row = min(rows, key=lambda r: (0 if r[2] == ISSUED and r[3] == ordnr else
-                                       _USE_RANK.get(r[2], 9), r[0]))
-        if row[2] == SCRAPPED:
-            if ok:
+        row = min(rows, key=lambda r: (r[3] != ordnr, _USE_RANK[r[2]], r[0]))
+        selection, pool_id, state, printed_for = row
+        if state == SCRAPPED:
+            if ok and printed_for == ordnr:
                 raise RemoteProtocolError(
                     Refusal.SERIAL_SCRAPPED,
-                    f"serial {serial} was printed for order {row[3]}, which closed without "
-                    "using it, and was reported scrapped upstream: do not use this label")
-            return None  # a failed scan of a scrapped label: recorded as for any other
-        conn.execute("DELETE FROM reserve_serials WHERE selection=? AND serial=?",
-                     (row[0], serial))
-        return str(row[0]), str(row[1])
+                    f"serial {serial} (printed for order {printed_for}, selection "
+                    f"{selection}) was reported scrapped upstream: do not use this label")
+            if ok:
+                log.warning("DATA OK of serial %s on order %s: the same number was printed for "
+                            "order %s (selection %s) and reported scrapped; taken as another "
+                            "pool's label", serial, ordnr, printed_for, selection)
+            return None
+        if ok:
+            conn.execute("DELETE FROM reserve_serials WHERE selection=? AND serial=?",
+                         (selection, serial))
+        else:
+            conn.execute("UPDATE reserve_serials SET state=?, added_at=? WHERE selection=? AND "
+                         "serial=?", (SCRAPPED, time.time(), selection, serial))
+        return str(selection), str(pool_id)
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
         """Order closed: its printed, unused serial numbers will be reported scrapped."""
