@@ -267,6 +267,12 @@ class Aggregation:
 # --------------------------------------------------------------------------- outbox messages
 
 
+OMIT = "_omit"  # see NewMessage
+# what a serial-number reserve answers for a DATA NOK on a label it already reported scrapped
+# (gateway.station.SerialReserve.mark_used_in); a real answer has a non-empty selection
+ALREADY_SCRAPPED: tuple[str, str] = ("", "")
+
+
 @dataclass(frozen=True)
 class NewMessage:
     """A message to append to the outbox.
@@ -276,7 +282,9 @@ class NewMessage:
     ``key`` the idempotency key carried upstream; ``body`` JSON-serialisable arguments.
     ``body_json``, when given, is the body already encoded as a JSON object (``body`` is then
     not used): a caller that holds part of the body as JSON text already saves encoding it
-    again.
+    again. A submit's hook may set ``body[OMIT] = True`` to leave the message out of that
+    commit (the hook found it would report nothing new); hooks are re-run on retries, so a
+    hook that may set it also removes it otherwise.
     """
 
     stream: str

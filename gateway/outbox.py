@@ -33,6 +33,7 @@ from typing import Any
 from gateway import outbox_schema as schema
 from gateway.errors import LinegateError, StoreCorrupt, StoreFull
 from gateway.model import (
+    OMIT,
     DeliveryResult,
     NewMessage,
     Origin,
@@ -524,6 +525,8 @@ class Outbox:
             # read in this transaction (the reserve fills in a serial number's pool).
             ids = []
             for m in msgs:
+                if m.body_json is None and m.body.get(OMIT):
+                    continue  # the hook found it reports nothing new
                 body = m.body_json if m.body_json is not None else encode_json(m.body)
                 cur = conn.execute("INSERT INTO messages (stream, kind, key, body, created_at) "
                                    "VALUES (?, ?, ?, ?, ?)", (m.stream, m.kind, m.key, body, now))

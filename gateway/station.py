@@ -43,7 +43,9 @@ from typing import Any, Protocol
 from gateway.board import StatusBoard
 from gateway.errors import RemoteProtocolError, StoreFull
 from gateway.model import (
+    ALREADY_SCRAPPED,
     HANDLER_VALIDATE_SERIAL,
+    OMIT,
     Ack,
     Command,
     Init,
@@ -492,7 +494,10 @@ class Station:
             if reserve is not None:
                 def hook(conn: sqlite3.Connection) -> None:
                     came_from = reserve.mark_used_in(conn, serial, data.ok, order.Ordnr)
-                    if came_from is not None:
+                    body.pop(OMIT, None)  # hooks are re-run on retries
+                    if came_from == ALREADY_SCRAPPED:  # a second NOK: nothing new upstream
+                        body[OMIT] = True
+                    elif came_from is not None:
                         body["pool"], body["pool_id"] = came_from
                         if not data.ok:  # printed from the reserve: still Allocated upstream
                             body["encode_first"] = True

@@ -119,7 +119,7 @@ async def test_reserve_prints_through_an_outage_and_scraps_printed_unused(rig: R
     # 10 of the 27 printed labels are used (DATA OK/NOK); the order closes (new ORDER/INIT)
     used = printed[:10]
     for serial in used:
-        await rig.submit(lambda c, s=serial: rig.reserve.mark_used_in(c, s))
+        await rig.submit(lambda c, s=serial: rig.reserve.mark_used_in(c, s, True, "ORDER-1"))
     await rig.submit(lambda c: rig.reserve.close_order_in(c, "ORDER-1"))
     await rig.reserve.queue_returns()
     stats = await rig.outbox.stats()

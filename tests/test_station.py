@@ -380,7 +380,12 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
     loaded again; a DATA NOK then a rescan OK) are refused by DATA OK with NAK 13. An equal
     number scrapped for another order, or one still available (no label carries it), is
     taken as another pool's label: accepted, with no pool, and the reserve keeps its rows."""
-    from adapters.openscs.reserve import AVAILABLE, SCRAPPED, SCRAPPED_MEMORY_S
+    from adapters.openscs.reserve import (
+        AVAILABLE,
+        CLOSED_UNUSED,
+        SCRAPPED,
+        SCRAPPED_MEMORY_S,
+    )
 
     outbox, station, states = await reserve_station(tmp_path)
     other = dataclasses.replace(ORDER, Ordnr="ZI000002")
@@ -405,19 +410,31 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
     assert await station.handle(nok, origin(7)) == Ack()  # reported scrapped by the NOK
     rescan = await ok(ORDER, label, 8)
     assert isinstance(rescan, Nak) and rescan.refusal is Refusal.SERIAL_SCRAPPED
+    assert await station.handle(dataclasses.replace(nok, value=label), origin(80)) == Ack()
+    # (a second NOK: the result is recorded, no second scrapping goes upstream)
 
     assert await station.handle(LoadOrder(other), origin(9)) == Ack()
     assert await ok(other, printed.serials[1], 10) == Ack()  # scrapped for ORDER, not this
-    unprinted = sorted(s for s, (st, _) in (await states()).items() if st == AVAILABLE)[0]
+    unprinted = sorted(s for s, (st, _) in (await states()).items() if st == AVAILABLE)[-1]
     assert await ok(other, unprinted, 11) == Ack()  # an equal number of another pool
+    # a label printed for an order closed just now (not yet reported scrapped) is treated
+    # the same: taken as another pool's label, the closed order's row stays to be scrapped
+    third = dataclasses.replace(ORDER, Ordnr="ZI000003")
+    left = (await station.handle(PrintRequest(other.Ordnr, "GTIN1", 1), origin(12))).serials[0]
+    assert await station.handle(LoadOrder(third), origin(13)) == Ack()
+    assert await ok(third, left, 14) == Ack()
     now = await states()
     assert now[printed.serials[1]][0] == SCRAPPED and now[unprinted][0] == AVAILABLE
+    assert now[left] == (CLOSED_UNUSED, other.Ordnr)
     events = [(m.kind, m.body["serials"], m.body["pool"]) for m in await _messages(outbox)
               if m.stream == "event"]
     assert events == [("LabelsScrappingEvent", list(printed.serials), "GTIN1"),
                       ("LabelsScrappingEvent", [label], "GTIN1"),
                       ("SIDCommissioningEvent", [printed.serials[1]], ""),
-                      ("SIDCommissioningEvent", [unprinted], "")]
+                      ("SIDCommissioningEvent", [unprinted], ""),
+                      ("SIDCommissioningEvent", [left], "")]
+    results = [m for m in await _messages(outbox) if m.kind == "StepResult"]
+    assert sum(1 for m in results if m.body["value"] == label and not m.body["ok"]) == 2
 
     month_ago = time.time() - SCRAPPED_MEMORY_S - 60
     await outbox.submit(hook=lambda c: c.execute(

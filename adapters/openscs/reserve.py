@@ -11,10 +11,11 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     when fewer are available; nothing is taken then. No network round trip.
 ``mark_used_in(conn, serial, ok, Ordnr) -> (selection, pool_id) | None``
     DATA OK/NOK on a validate-serial step: when the serial number is a label this gateway
-    printed it leaves the reserve (OK: used; NOK: remembered as reported scrapped) and the
-    selection and pool it came from are returned, so that the event names that pool. A DATA
-    OK for a label of the current order already reported scrapped raises
-    ``RemoteProtocolError(Refusal.SERIAL_SCRAPPED)`` (NAK 13).
+    printed for ``Ordnr`` it leaves the reserve (OK: used; NOK: remembered as reported
+    scrapped) and the selection and pool it came from are returned, so that the event names
+    that pool. For such a label already reported scrapped, a DATA OK raises
+    ``RemoteProtocolError(Refusal.SERIAL_SCRAPPED)`` (NAK 13) and a DATA NOK returns
+    ``ALREADY_SCRAPPED`` (its event is left out).
 ``close_order_in(conn, Ordnr)``
     ORDER (closing the previous order), INIT or an explicit close: serial numbers issued to
     ``Ordnr`` and never reported by DATA are marked closed-unused. They were handed to the
@@ -64,7 +65,7 @@ from adapters.openscs.results import Decision
 from gateway import board as board_keys
 from gateway.board import StatusBoard
 from gateway.errors import RemoteProtocolError, StoreFull
-from gateway.model import NewMessage, Refusal, SerialNumberState
+from gateway.model import ALREADY_SCRAPPED, NewMessage, Refusal, SerialNumberState
 from gateway.settings import ReserveSettings
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,11 @@ CREATE INDEX IF NOT EXISTS reserve_by_state ON reserve_serials (selection, state
 CREATE INDEX IF NOT EXISTS reserve_by_serial ON reserve_serials (serial);
 CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
-# A DATA names a serial number only; the label it scanned can be one this gateway printed
-# (issued, closed unused or reported scrapped), never an available number (not printed here:
-# an equal number of another pool). Among several, the current order's come first, then by
-# this rank.
+# A DATA names a serial number only. It is taken for a label this gateway printed for the
+# current order (issued, closed unused, reported scrapped: one row, as a selection's numbers
+# are unique and a PRINT issues only to the current order), never for an available number
+# (no label carries it yet) nor for a label printed for another order: SERIALONLY pools hand
+# out equal numbers, so an equal number is most likely another pool's label.
 _USE_RANK = {ISSUED: 0, CLOSED_UNUSED: 1, SCRAPPED: 2}
 
 
@@ -242,31 +244,32 @@ class Reserve:
     def mark_used_in(self, conn: sqlite3.Connection, serial: str, ok: bool = True,
                      ordnr: str = "") -> tuple[str, str] | None:
         """DATA OK/NOK of ``serial`` on order ``ordnr``: when it is a label this gateway
-        printed, returns its (selection, pool_id) and takes it out of the reserve (OK: used;
-        NOK: remembered as reported scrapped, the DATA's own event reports it); otherwise
-        None. A DATA OK for a label of the current order already reported scrapped (order
-        closed unused then loaded again, or an earlier DATA NOK) is refused
-        (RemoteProtocolError, NAK 13); an equal number scrapped for another order is taken
-        as another pool's label."""
+        printed for that order, returns its (selection, pool_id) and takes it out of the
+        reserve (OK: used; NOK: remembered as reported scrapped, the DATA's own event reports
+        it); otherwise None. For a label already reported scrapped (the order was closed with
+        it unused and loaded again, or an earlier DATA NOK): a DATA OK is refused
+        (RemoteProtocolError, NAK 13) and a DATA NOK returns ``ALREADY_SCRAPPED`` (nothing
+        new to report)."""
         self._ensure(conn)
-        rows = [r for r in conn.execute(
+        rows = conn.execute(
             "SELECT selection, pool_id, state, ordnr FROM reserve_serials WHERE serial=?",
-            (serial,)) if r[2] in _USE_RANK]
-        if not rows:
+            (serial,)).fetchall()
+        ours = [r for r in rows if r[2] in _USE_RANK and r[3] == ordnr]
+        if not ours:
+            printed = sorted({f"{r[3]} ({r[0]})" for r in rows if r[2] in _USE_RANK})
+            if printed:
+                log.warning("DATA of serial %s on order %s: this gateway printed the same "
+                            "number for order(s) %s; taken as another pool's label", serial,
+                            ordnr, ", ".join(printed))
             return None
-        row = min(rows, key=lambda r: (r[3] != ordnr, _USE_RANK[r[2]], r[0]))
-        selection, pool_id, state, printed_for = row
+        selection, pool_id, state, _ = min(ours, key=lambda r: (_USE_RANK[r[2]], r[0]))
         if state == SCRAPPED:
-            if ok and printed_for == ordnr:
+            if ok:
                 raise RemoteProtocolError(
                     Refusal.SERIAL_SCRAPPED,
-                    f"serial {serial} (printed for order {printed_for}, selection "
-                    f"{selection}) was reported scrapped upstream: do not use this label")
-            if ok:
-                log.warning("DATA OK of serial %s on order %s: the same number was printed for "
-                            "order %s (selection %s) and reported scrapped; taken as another "
-                            "pool's label", serial, ordnr, printed_for, selection)
-            return None
+                    f"serial {serial} (printed for order {ordnr}, selection {selection}) was "
+                    "reported scrapped upstream: do not use this label")
+            return ALREADY_SCRAPPED
         if ok:
             conn.execute("DELETE FROM reserve_serials WHERE selection=? AND serial=?",
                          (selection, serial))
