@@ -438,9 +438,9 @@ class Station:
             order, messages, hook = self._plan_step_result(data, origin)
         except RemoteProtocolError as exc:
             return await self._refused("DATA", origin, exc)
-        status, _ = await self._commit(origin, messages, hook=hook)
-        if status != "duplicate":
-            self._board.incr("events_committed", len(messages) - 1)
+        status, result = await self._commit(origin, messages, hook=hook)
+        if status != "duplicate":  # ids: what was stored (a hook may leave an event out)
+            self._board.incr("events_committed", len(result.ids) - 1)
             self._board.incr("results_committed")
         log.info("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
                  data.group, data.gord, data.iord, data.step, "OK" if data.ok else "NOK",

@@ -410,8 +410,10 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
     assert await station.handle(nok, origin(7)) == Ack()  # reported scrapped by the NOK
     rescan = await ok(ORDER, label, 8)
     assert isinstance(rescan, Nak) and rescan.refusal is Refusal.SERIAL_SCRAPPED
+    counted = station._board.counters["events_committed"]
     assert await station.handle(dataclasses.replace(nok, value=label), origin(80)) == Ack()
     # (a second NOK: the result is recorded, no second scrapping goes upstream)
+    assert station._board.counters["events_committed"] == counted
 
     assert await station.handle(LoadOrder(other), origin(9)) == Ack()
     assert await ok(other, printed.serials[1], 10) == Ack()  # scrapped for ORDER, not this
