@@ -494,7 +494,11 @@ class Station:
             if reserve is not None:
                 def hook(conn: sqlite3.Connection) -> None:
                     came_from = reserve.mark_used_in(conn, serial, data.ok, order.Ordnr)
-                    body.pop(OMIT, None)  # hooks are re-run on retries
+                    # hooks are re-run on retries, where the reserve may answer otherwise:
+                    # start from the body as planned
+                    body["pool"] = ""
+                    for key in (OMIT, "pool_id", "encode_first"):
+                        body.pop(key, None)
                     if came_from == ALREADY_SCRAPPED:  # a second NOK: nothing new upstream
                         body[OMIT] = True
                     elif came_from is not None:

@@ -446,6 +446,31 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
     await outbox.close()
 
 
+async def test_a_re_run_data_hook_starts_from_the_planned_body(tmp_path):
+    """The writer re-runs hooks (guarded reruns, a full disk); the DATA hook must not keep
+    what an earlier run filled in when the reserve answers otherwise the second time."""
+    outbox, station, _ = await reserve_station(tmp_path)
+    assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
+    printed = await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 1), origin(2))
+    nok = StepResult(ORDER.Ordnr, "G5A1", 1, 10, 2, False, printed.serials[0])
+    _, messages, hook = station._plan_step_result(nok, origin(3))
+    assert hook is not None
+    body = messages[-1].body
+
+    def first_then_undo(conn):
+        hook(conn)  # finds the printed label: pool, pool_id, encode_first
+        filled = dict(body)
+        conn.execute("UPDATE reserve_serials SET ordnr='ELSEWHERE'")  # now not this order's
+        hook(conn)
+        return filled, dict(body)
+
+    result = await outbox.submit(hook=first_then_undo)
+    filled, again = result.hook_result
+    assert filled["pool"] == "GTIN1" and filled["encode_first"] is True
+    assert again["pool"] == "" and "pool_id" not in again and "encode_first" not in again
+    await outbox.close()
+
+
 async def test_a_print_racing_an_order_of_another_pac_is_refused(tmp_path):
     """PAC B's PRINT for the current order X and PAC A's ORDER Y share a commit, the ORDER
     first: X is closed when the PRINT runs, so the PRINT is refused (NAK 8) and no serial is
