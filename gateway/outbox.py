@@ -578,13 +578,6 @@ class Outbox:
         rows = await self._read(lambda c: c.execute("SELECT key, value FROM state").fetchall())
         return dict(rows)
 
-    async def clear_dedup(self, peer: str) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM dedup WHERE peer=?", (peer,))
-            self._since_prune.pop(peer, None)
-
-        await self._writer.run(job)
-
     # ------------------------------------------------------------------ delivery side
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:

@@ -106,7 +106,7 @@ async def test_dedup_window_keeps_newest_per_peer(outbox: Outbox) -> None:
     assert (await outbox.submit(dedup=origin(7))).status == "duplicate"
     assert (await outbox.submit(dedup=origin(3))).status == "duplicate"
     assert (await outbox.submit(dedup=origin(2))).status == "accepted"  # fell out of the window
-    await outbox.clear_dedup("10.0.0.7")  # INIT
+    await outbox.submit(dedup_peer="10.0.0.7", clear_window=True)  # INIT
     assert (await outbox.submit(dedup=origin(7, "new"))).status == "accepted"
 
 
