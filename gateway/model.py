@@ -294,15 +294,59 @@ class NewMessage:
     body_json: str | None = None
 
 
-@dataclass(frozen=True)
 class StoredMessage:
-    id: int
-    stream: str
-    kind: str
-    key: str
-    body: dict[str, object]
-    created_at: float
-    attempts: int
+    """A message read back from the outbox, in its stream's sequence.
+
+    ``body`` may be given as a dict or as its stored JSON text; the text is decoded on first
+    use of ``body`` only, so an upstream that sends the text as it is (``body_json``) never
+    pays for decoding and encoding it again. Compares and prints like a dataclass.
+    """
+
+    __slots__ = ("_body", "_json", "attempts", "created_at", "id", "key", "kind", "stream")
+
+    def __init__(self, id: int, stream: str, kind: str, key: str,
+                 body: dict[str, object] | str, created_at: float, attempts: int) -> None:
+        self.id = id
+        self.stream = stream
+        self.kind = kind
+        self.key = key
+        self.created_at = created_at
+        self.attempts = attempts
+        self._body: dict[str, object] | None = None if isinstance(body, str) else body
+        self._json: str | None = body if isinstance(body, str) else None
+
+    @property
+    def body(self) -> dict[str, object]:
+        if self._body is None:
+            self._body = json.loads(self._json or "{}")
+        return self._body
+
+    @property
+    def body_json(self) -> str:
+        """The body as compact JSON (the stored text when read from the outbox)."""
+        if self._json is None:
+            self._json = encode_json(self._body)
+        return self._json
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "stream": self.stream, "kind": self.kind, "key": self.key,
+                "body": self.body, "created_at": self.created_at, "attempts": self.attempts}
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.id, self.stream, self.kind, self.key, self.body, self.created_at,
+                self.attempts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredMessage):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment] - mutable cache inside, like an eq dataclass
+
+    def __repr__(self) -> str:
+        return (f"StoredMessage(id={self.id!r}, stream={self.stream!r}, kind={self.kind!r}, "
+                f"key={self.key!r}, body={self.body!r}, created_at={self.created_at!r}, "
+                f"attempts={self.attempts!r})")
 
 
 class Outcome(enum.Enum):

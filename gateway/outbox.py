@@ -55,7 +55,7 @@ _COLUMNS = "id, stream, kind, key, body, created_at, attempts"
 
 def _stored(row: Sequence[Any]) -> StoredMessage:
     return StoredMessage(id=row[0], stream=row[1], kind=row[2], key=row[3],
-                         body=json.loads(row[4]), created_at=row[5], attempts=row[6])
+                         body=row[4], created_at=row[5], attempts=row[6])  # decoded on use
 
 
 def _connect(path: Path, settings: StoreSettings) -> sqlite3.Connection:

@@ -33,7 +33,7 @@ class DeadLetter:
     dead_at: float
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self.message), "reason": self.reason, "dead_at": self.dead_at,
+        return {**self.message.to_dict(), "reason": self.reason, "dead_at": self.dead_at,
                 "dead_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.dead_at))}
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from gateway import outbox_schema
 from gateway.errors import StoreCorrupt, StoreFull
-from gateway.model import DeliveryResult, NewMessage, Origin, Outcome
+from gateway.model import DeliveryResult, NewMessage, Origin, Outcome, StoredMessage
 from gateway.outbox import Outbox
 from gateway.settings import StoreSettings
 from tests.conftest import ROOT
@@ -48,6 +48,22 @@ async def test_concurrent_submits_share_commits(outbox: Outbox) -> None:
     assert ids == sorted(ids)  # committed in submission order: the stream sequence
     pending = await outbox.pending("event", 1000)
     assert [m.body["n"] for m in pending] == list(range(300))
+
+
+async def test_read_back_bodies_keep_the_stored_text(outbox: Outbox) -> None:
+    """Delivery may send the stored JSON text as it is: it is exactly what was committed,
+    and the decoded body is the same as the submitted one."""
+    body = {"serials": ["0107612345678903", "21\u00e9"], "n": 1.5, "nested": {"a": None}}
+    await outbox.submit([NewMessage("event", "K", "k1", body),
+                         NewMessage("event", "K", "k2", {}, body_json='{"pre":"encoded"}')])
+    with sqlite3.connect(outbox.path) as conn:
+        stored = [r[0] for r in conn.execute("SELECT body FROM messages ORDER BY id")]
+    first, second = await outbox.pending("event", 10)
+    assert [first.body_json, second.body_json] == stored
+    assert first.body == body and second.body == {"pre": "encoded"}
+    assert first == StoredMessage(first.id, "event", "K", "k1", body, first.created_at, 0)
+    assert first != second
+    assert StoredMessage(1, "s", "K", "k", body, 0.0, 0).body_json == stored[0]
 
 
 @pytest.mark.parametrize(("level", "code"), [("FULL", 2), ("NORMAL", 1)])

@@ -174,7 +174,7 @@ class MiniUpstreamClient:
         try:
             inbox, method = await self._connected()
             keys = [m.key for m in batch]
-            bodies = [json.dumps(m.body, separators=(",", ":")) for m in batch]
+            bodies = [m.body_json for m in batch]  # the stored text, not decoded
             async with asyncio.timeout(self.timeout_s):
                 answers = await inbox.call_method(  # type: ignore[attr-defined]
                     method, ua.Variant(stream, ua.VariantType.String),
