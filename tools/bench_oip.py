@@ -7,7 +7,9 @@ measures with the PAC simulator:
 
 - ORDER frames/s acknowledged, with 1 and with 50 concurrent PAC connections (each PAC waits
   for its ACK before sending the next frame, as a PAC does), and the server's CPU time per
-  frame split by thread (the event loop; the outbox writer);
+  frame split by thread (the event loop; the outbox writer), and the PAC simulator's own CPU
+  per frame (it shares the machine: on 2 cores, server + simulator CPU per frame bound the
+  rate at 2 s / (server + simulator));
 - the same with 50 connections when every ORDER's instructions differ (the codec keeps parsed
   instruction records and their JSON: a line repeats its products' instructions, this run
   shows the cost when nothing repeats);
@@ -27,6 +29,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,14 +97,15 @@ async def bench(station: str, count: int, rate: float, seconds: float,
     print(f"== {label}")
     runs = [(1, False), (50, False)] + ([(50, True)] if station == "real" else [])
     for conns, distinct in runs:
-        rates, cpus = [], []
+        rates, cpus, clients = [], [], []
         for _ in range(repeat):
             async with server_process(station, synchronous) as (pid, port):
-                cpu0 = thread_cpu_s(pid)
+                cpu0, mine0 = thread_cpu_s(pid), time.process_time()
                 stats = await run_stream("tcp", "127.0.0.1", port, connections=conns,
                                          count=count, orders_only=True,
                                          distinct_instructions=distinct)
-                cpu1 = thread_cpu_s(pid)
+                cpu1, mine1 = thread_cpu_s(pid), time.process_time()
+            clients.append((mine1 - mine0) / max(stats.acks, 1) * 1e6)
             per_frame = {name: (cpu1[name] - cpu0.get(name, 0.0)) / max(stats.acks, 1) * 1e6
                          for name in cpu1}
             rates.append(stats.acks / stats.elapsed_s)
@@ -110,7 +114,8 @@ async def bench(station: str, count: int, rate: float, seconds: float,
         label = f"{conns:2d} connection(s)" + (", distinct instructions" if distinct else "")
         spread = f" (median of {repeat}: {min(rates):.0f}..{max(rates):.0f})" if repeat > 1 else ""
         print(f"ORDER frames/s, {label}: {statistics.median(rates):8.0f}{spread}  (server CPU "
-              f"{statistics.median(cpus):.0f} us/frame; last run: {split}; {stats.summary()})")
+              f"{statistics.median(cpus):.0f} us/frame; last run: {split}; PAC simulator CPU "
+              f"{statistics.median(clients):.0f} us/frame; {stats.summary()})")
     async with server_process(station, synchronous) as (_, port):
         stats = await run_stream("tcp", "127.0.0.1", port, connections=10,
                                  count=int(rate * seconds), rate=rate, orders_only=True)
