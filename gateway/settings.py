@@ -79,6 +79,13 @@ class OipSoapSettings:
     listen_address: str = _f("127.0.0.1", "Address to listen on.")
     listen_port: int = _f(7780, "HTTP port for OIP SOAP.", **PORT)
     max_body_bytes: int = _f(1_048_576, "Largest accepted request body.", min=1024)
+    request_timeout_s: float = _f(30.0, "A request body must arrive whole within this long; "
+                                  "otherwise HTTP 408 with a Fault, and the connection is "
+                                  "closed.", min=0.1)
+    idle_timeout_s: float = _f(75.0, "Close a keep-alive connection idle for this long.",
+                               min=0.1)
+    max_requests: int = _f(64, "Requests handled at once; more get HTTP 503 with a Fault "
+                           "carrying NAK 12 (busy).", min=1)
     tls: TlsSettings = _sub(TlsSettings, "Optional HTTPS.")
 
 

@@ -17,6 +17,7 @@ from zeep import Plugin, xsd
 
 from adapters.oip import xmlcodec
 from adapters.oip.codec import encode_command, parse_packet
+from adapters.oip.records import OipError
 from adapters.oip.soap import OipSoapServer
 from gateway.board import StatusBoard
 from gateway.errors import LocalProtocolError
@@ -27,6 +28,7 @@ from gateway.model import (
     Login,
     Ping,
     PrintRequest,
+    Refusal,
     Step,
     StepResult,
 )
@@ -176,9 +178,67 @@ async def test_readable_but_wrong_request_gets_a_nak_body():
         status2, body2 = await post(server, seed_soap_order().replace(b">ORDER<", b">BREW<"))
     assert status == 200
     ack, code, tsn, text, _ = reply_of(body)
-    assert (ack, code, tsn) == (False, 1, 12345) and "instr[1]/qty" in text
+    assert (ack, code, tsn) == (False, 1, 12345) and "instr[1]/group/gord/iord/qty" in text
     assert status2 == 200 and reply_of(body2)[:3] == (False, 4, 12345)
     assert station.calls == []
+
+
+def _seed_with(*subs: tuple[bytes, bytes]) -> bytes:
+    body = seed_soap_order()
+    for old, new in subs:
+        assert old in body, old
+        body = body.replace(old, new, 1)
+    return body
+
+
+ITEM = b"<item>1045075</item>"
+MISSHAPEN = {  # each would decode to another order if fields were searched for anywhere
+    "Ordnr only inside an instr": ([(b"<Ordnr>ZI355937</Ordnr>", b""),
+                                    (ITEM, ITEM + b"<Ordnr>HIDDEN</Ordnr>")],
+                                   "AORDER: missing <Ordnr>"),
+    "min only inside an instr": ([(b"<min>30</min>", b""), (ITEM, ITEM + b"<min>77</min>")],
+                                 "AORDER/Sts: missing <min>"),
+    "two qty": ([(b"<qty>1</qty>", b"<qty>1</qty><qty>7</qty>")],
+                "iord: <qty> appears 2 times"),
+    "two Ordnr": ([(b"<Ordnr>ZI355937</Ordnr>", b"<Ordnr>ZI355937</Ordnr><Ordnr>X</Ordnr>")],
+                  "AORDER: <Ordnr> appears 2 times"),
+    "i and h nested inside c": ([(b"<c>11an||00*</c>", b"<c>11an||00*<i>5</i><h>9</h></c>")],
+                                "params/c[2]: holds the element <i>"),
+    "child element inside iname": ([(b"<iname>wZw Black Pad</iname>",
+                                     b"<iname>wZw <b>Black</b> Pad</iname>")],
+                                   "iord/iname: holds the element <b>"),
+    "instr outside AIList": ([(b"</AIList>", b"</AIList><instr/>")],
+                             "AORDER: unexpected element <instr>"),
+    "instr inside instr": ([(b"<instr>", b"<instr><instr>", ), (b"</instr>", b"</instr></instr>")],
+                           "instr[1]: unexpected element <instr>"),
+    "AIList missing": ([(b"<AIList>", b"<NotAIList>"), (b"</AIList>", b"</NotAIList>")],
+                       "AORDER: unexpected element <NotAIList>"),
+    "gord beside group (flat)": ([(b"<group>G5A1", b"<gord>9</gord><group>G5A1")],
+                                    "instr[1]: unexpected element <gord>"),
+    "Sts value split around its children": ([(b"<Sts>31", b"<Sts>3"), (b"</max>", b"</max>1")],
+                                            "AORDER/Sts: text '1' after <max>"),
+    "item missing": ([(ITEM, b"")], "iord: missing <item>"),
+}
+
+
+@pytest.mark.parametrize("name", MISSHAPEN)
+def test_elements_are_read_only_where_the_seed_puts_them(name):
+    subs, reason = MISSHAPEN[name]
+    with pytest.raises(OipError) as err:
+        xmlcodec.decode_envelope(xmlcodec.parse_xml(_seed_with(*subs)))
+    assert err.value.refusal is Refusal.MALFORMED and reason in err.value.detail, err.value
+    assert err.value.tsn == 12345
+
+
+async def test_a_misshapen_order_is_naked_and_not_committed():
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        replies = [reply_of((await post(server, _seed_with(*subs)))[1])
+                   for subs, _ in MISSHAPEN.values()]
+        status, body = await post(server, seed_soap_order())
+    assert [r[:3] for r in replies] == [(False, 1, 12345)] * len(MISSHAPEN)
+    assert status == 200 and reply_of(body)[0]
+    assert station.commands() == [LoadOrder(SEED_ORDER)]  # only the well-formed one
 
 
 async def test_soap_commands_obey_the_tcp_field_rules_and_limits():
@@ -366,3 +426,155 @@ async def test_pacsim_over_soap():
     assert (stats.acks, stats.naks) == (10, 0)
     assert all(r.ack for r in replies) and replies[-1].serials
     assert station.commands()[-len(replies):] == seed_commands()
+
+
+# --------------------------------------------------------------------------- HTTP edges
+
+
+def _faultcode(body: bytes) -> str | None:
+    fault = etree.fromstring(body).find(f".//{{{xmlcodec.SOAP_ENV}}}Fault")
+    return None if fault is None else fault.findtext("faultcode")
+
+
+async def _raw(server: OipSoapServer, data: bytes, *, wait_s: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes the connection (or wait_s)."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(data)
+    out = b""
+    try:
+        async with asyncio.timeout(wait_s):
+            while chunk := await reader.read(65536):
+                out += chunk
+    except TimeoutError:
+        out += b"<<still open>>"
+    writer.close()
+    return out
+
+
+async def test_echoed_input_is_clipped_and_cmd_is_at_most_8_characters(caplog):
+    station = RecordingStation()
+    long_cmd = ENV.format(f"<OIPHEAD><cmd>{'X' * 200_000}</cmd><code>0</code><tsn>5</tsn>"
+                          "</OIPHEAD>").encode()
+    long_result = xmlcodec.encode_request(StepResult("A", "G", 1, 1, 1, True, "v"), 6).replace(
+        b"<result>OK</result>", b"<result>" + b"Y" * 200_000 + b"</result>")
+    async with soap_server(station) as server:
+        replies = [await post(server, body) for body in (long_cmd, long_result)]
+    for (status, body), tsn in zip(replies, (5, 6), strict=True):
+        ack, code, got_tsn, text, _ = reply_of(body)
+        assert (status, ack, code, got_tsn) == (200, False, 1, tsn)
+        assert len(text) <= xmlcodec.MAX_TEXT and len(body) < 2000, len(body)
+    assert "1..8 expected" in reply_of(replies[0][1])[3]
+    assert max(len(r.getMessage()) for r in caplog.records) < 1000
+    assert station.calls == []
+
+
+async def test_soap_1_1_fault_codes_for_version_and_must_understand():
+    station = RecordingStation()
+    head = "<OIPHEAD><cmd>PING</cmd><code>0</code><tsn>3</tsn></OIPHEAD>"
+    soap12 = ('<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>'
+              f'{head}</e:Body></e:Envelope>').encode()
+
+    def with_header(must: str) -> bytes:
+        return (f'<s:Envelope xmlns:s="{xmlcodec.SOAP_ENV}"><s:Header><x:Sec xmlns:x="urn:x" '
+                f's:mustUnderstand="{must}"/></s:Header><s:Body>{head}</s:Body>'
+                '</s:Envelope>').encode()
+
+    async with soap_server(station) as server:
+        v12 = await post(server, soap12)
+        must = await post(server, with_header("1"))
+        may = await post(server, with_header("0"))
+    assert v12[0] == 500 and _faultcode(v12[1]) == "soap:VersionMismatch"
+    assert must[0] == 500 and _faultcode(must[1]) == "soap:MustUnderstand"
+    assert may[0] == 200 and reply_of(may[1])[:3] == (True, 0, 3)
+    assert station.commands() == [Ping()]  # only the request without a mandatory header
+
+
+async def test_the_http_charset_decides_the_encoding():
+    station = RecordingStation()
+    latin1 = xmlcodec.encode_request(Login("Jürgen"), 4).replace(
+        b"<?xml version='1.0' encoding='utf-8'?>", b"").decode().encode("latin-1")
+    async with soap_server(station) as server, aiohttp.ClientSession() as s:
+        async with s.post(url(server), data=latin1,
+                          headers={"Content-Type": "text/xml; charset=iso-8859-1"}) as r:
+            status, body = r.status, await r.read()
+        async with s.post(url(server), data=latin1,
+                          headers={"Content-Type": "text/xml; charset=no-such-charset"}) as r:
+            bad_status, bad_body = r.status, await r.read()
+    assert status == 200 and reply_of(body)[:3] == (True, 0, 4)
+    assert station.commands() == [Login("Jürgen")]
+    assert bad_status == 500 and "unknown charset" in reply_of(bad_body)[3]
+
+
+async def test_dtd_text_inside_data_is_not_a_dtd_and_length_is_informational():
+    station = RecordingStation()
+    cdata = xmlcodec.encode_request(Login("x"), 8).replace(
+        b"<user>x</user>", b"<user><![CDATA[<!DOCTYPE not a dtd>]]></user><!-- <!ENTITY -->")
+    bad_length = xmlcodec.encode_request(Ping(), 9).replace(b"<length>", b"<length>abc", 1)
+    async with soap_server(station) as server:
+        first = await post(server, cdata)
+        second = await post(server, bad_length)
+    assert first[0] == 200 and reply_of(first[1])[:3] == (True, 0, 8)
+    assert second[0] == 200 and reply_of(second[1])[:3] == (True, 0, 9)
+    assert station.commands() == [Login("<!DOCTYPE not a dtd>"), Ping()]
+
+
+async def test_the_wsdl_location_escapes_the_host_header():
+    async with soap_server() as server:
+        raw = await _raw(server, b'GET /oip?wsdl HTTP/1.1\r\nHost: a&b"<x>\r\n'
+                                 b"Connection: close\r\n\r\n")
+    wsdl = raw.split(b"\r\n\r\n", 1)[1]
+    root = etree.fromstring(wsdl)  # well-formed
+    assert 'http://a&b"<x>/oip' in {el.get("location") for el in root.iter()}
+
+
+async def test_refused_bodies_close_the_connection():
+    """413 (announced too large, with or without Expect: 100-continue) and 408 (the body does
+    not arrive in time) answer and close: the unread rest of the request cannot be parsed as
+    a next request."""
+    station = RecordingStation()
+    async with soap_server(station, max_body_bytes=4096, request_timeout_s=0.5) as server:
+        big = await _raw(server, b"POST /oip HTTP/1.1\r\nHost: h\r\nContent-Type: text/xml\r\n"
+                                 b"Content-Length: 100000\r\n\r\nPING")
+        expect = await _raw(server, b"POST /oip HTTP/1.1\r\nHost: h\r\nContent-Length: 10000000"
+                                    b"\r\nExpect: 100-continue\r\n\r\n")
+        t0 = asyncio.get_running_loop().time()
+        slow = await _raw(server, b"POST /oip HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
+                                  b"\r\n<s:Envelope")
+        slow_s = asyncio.get_running_loop().time() - t0
+    assert big.startswith(b"HTTP/1.1 413") and not big.endswith(b"<<still open>>")
+    assert expect.startswith(b"HTTP/1.1 413") and b"100 Continue" not in expect
+    assert not expect.endswith(b"<<still open>>")
+    assert slow.startswith(b"HTTP/1.1 408") and not slow.endswith(b"<<still open>>")
+    assert slow_s < 4.0
+    assert station.calls == []
+
+
+async def test_a_client_gone_mid_body_is_one_warning_not_a_traceback(caplog):
+    station = RecordingStation()
+    async with soap_server(station) as server:
+        _, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"POST /oip HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n<s:Env")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+        await asyncio.sleep(0.3)
+        ok = await post(server, xmlcodec.encode_request(Ping(), 2))
+    assert ok[0] == 200 and reply_of(ok[1])[0]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert any("broken off" in r.getMessage() for r in caplog.records)
+
+
+async def test_more_requests_than_max_requests_are_busy():
+    station = RecordingStation()
+    station.gate = asyncio.Event()  # the station holds the first request
+    async with soap_server(station, max_requests=1) as server:
+        first = asyncio.create_task(post(server, xmlcodec.encode_request(Ping(), 1)))
+        while not station.calls:  # noqa: ASYNC110 - the station has no event for this
+            await asyncio.sleep(0.01)
+        second = await post(server, xmlcodec.encode_request(Ping(), 2))
+        station.gate.set()
+        first_reply = await first
+        third = await post(server, xmlcodec.encode_request(Ping(), 3))
+    assert second[0] == 503 and reply_of(second[1])[:2] == (False, 12)
+    assert first_reply[0] == 200 and third[0] == 200 and reply_of(third[1])[0]
+    assert [o.tsn for _, o in station.calls] == [1, 3]

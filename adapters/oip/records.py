@@ -77,7 +77,7 @@ def _digits(body: str) -> bool:
         len(body.lstrip("0")) <= _MAX_SIGNIFICANT_DIGITS
 
 
-def _show(text: str) -> str:
+def show_text(text: str) -> str:
     """``text`` for a refusal: at most 40 characters of it."""
     return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
 
@@ -86,9 +86,9 @@ def parse_int(text: str, where: str, bounds: tuple[int, int] = INT32) -> int:
     """A decimal integer (optional sign, no blanks) within ``bounds``."""
     body = text[1:] if text[:1] in "+-" else text
     if not body.isascii() or not body.isdigit():
-        raise malformed(f"{where}: {_show(text)} is not an integer")
+        raise malformed(f"{where}: {show_text(text)} is not an integer")
     if not _digits(body):
-        raise malformed(f"{where}: {_show(text)} is outside {bounds[0]}..{bounds[1]}")
+        raise malformed(f"{where}: {show_text(text)} is outside {bounds[0]}..{bounds[1]}")
     value = int(text)
     if not bounds[0] <= value <= bounds[1]:
         raise malformed(f"{where}: {value} is outside {bounds[0]}..{bounds[1]}")

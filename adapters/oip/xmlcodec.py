@@ -3,7 +3,10 @@
 The request Body holds ``OIPHEAD`` then the command element (``AORDER``, ``ALOGIN``, ``ADATA``,
 ``APRINT``; none for PING and INIT). Elements are matched by local name, so the seed's
 unqualified XML and zeep's namespaced form both read; mixed content is read as the seed writes
-it (``<Sts>31<min>30</min>...</Sts>``: an element's value is its own text, children aside).
+it (``<Sts>31<min>30</min>...</Sts>``: an element's value is its text before its children).
+Each element is read only where the seed's shape puts it (``SHAPES``): a missing, repeated,
+misplaced or unknown element, a child element inside a text field, or text after the children
+of a mixed element is refused (NAK 1 naming the element's path), never guessed around.
 
 A readable request always gets an ``OIPREPLY`` body (HTTP 200) carrying ACK or NAK with the TCP
 reason codes. Only a request that is not a readable OIP SOAP envelope (not XML, a DTD or entity
@@ -32,6 +35,7 @@ from adapters.oip.records import (
     has_tcp_form,
     malformed,
     parse_int,
+    show_text,
 )
 from gateway.model import (
     Ack,
@@ -55,59 +59,138 @@ NS = "urn:linegate:oip:1.05"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 BODY_ELEMENTS = {"ORDER": "AORDER", "LOGIN": "ALOGIN", "DATA": "ADATA", "PRINT": "APRINT",
                  "PING": None, "INIT": None}
-_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+MAX_TEXT = 200  # characters of a NAK or Fault text (PROTOCOL.md §4)
 
 
 class EnvelopeError(OipError):
-    """The request is not a readable OIP SOAP envelope: answered with a SOAP Fault."""
+    """The request is not a readable OIP SOAP envelope: answered with a SOAP Fault whose
+    faultcode is ``soap:<faultcode>`` (SOAP 1.1 §4.4.1: Client, VersionMismatch,
+    MustUnderstand)."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, faultcode: str = "Client") -> None:
         super().__init__(Refusal.MALFORMED, detail)
+        self.faultcode = faultcode
 
 
-def _parser() -> etree.XMLParser:
+def _parser(encoding: str | None = None) -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                            dtd_validation=False, huge_tree=False, remove_comments=True,
-                           remove_pis=True)
+                           remove_pis=True, encoding=encoding)
 
 
-def parse_xml(body: bytes) -> etree._Element:
-    """Parse untrusted XML: DTDs and entity declarations are refused, nothing is fetched."""
-    if _DTD.search(body):
-        raise EnvelopeError("XML with a DTD or entity declaration is refused")
+def parse_xml(body: bytes, encoding: str | None = None) -> etree._Element:
+    """Parse untrusted XML: a document with a DTD (and so any entity declaration) is refused,
+    nothing is loaded, fetched or expanded. ``encoding`` (the HTTP charset, which is
+    authoritative for text/xml) overrides what the document says."""
     try:
-        root = etree.fromstring(body, _parser())
+        root = etree.fromstring(body, _parser(encoding))
     except etree.XMLSyntaxError as exc:
         raise EnvelopeError(f"not well-formed XML: {exc}") from None
-    if root.getroottree().docinfo.internalDTD is not None:
-        raise EnvelopeError("XML with a DTD is refused")
+    except LookupError:
+        raise EnvelopeError(f"unknown charset {show_text(str(encoding))}") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.doctype or docinfo.system_url:
+        raise EnvelopeError("XML with a DTD (<!DOCTYPE>) is refused")
     return root
+
+
+def _name(name: str) -> str:
+    """An element name for a refusal text (a hostile one may be very long)."""
+    return name if len(name) <= 40 else name[:37] + "..."
 
 
 def _local(el: etree._Element) -> str:
     return etree.QName(el).localname
 
 
-def value_of(el: etree._Element) -> str:
-    """The element's own text (mixed content: text and children's tails), stripped."""
-    parts = [el.text or ""]
-    parts += [child.tail or "" for child in el]
-    return "".join(parts).strip()
+# The structure of each body part: child element -> (min, max) occurrences. Children are read
+# only where they belong (a field is never taken from inside another one), each single-valued
+# field exactly once, and an element no rule expects is refused: an AORDER that breaks this
+# shape would otherwise be committed with values from the wrong place.
+_MANY = 1 << 30
+SHAPES: dict[str, dict[str, tuple[int, int]]] = {
+    "OIPHEAD": {"cmd": (1, 1), "code": (1, 1), "tsn": (1, 1), "length": (0, 1)},
+    "AORDER": {**{name: (1, 1) for name in ("Ordnr", "Sts", "Seq", "VIN", "intclr", "dst",
+                                            "drv", "prdline", "AIList")}},
+    "Sts": {"min": (1, 1), "max": (1, 1)},
+    "Seq": {"ext": (1, 1)},
+    "AIList": {"instr": (0, _MANY)},
+    "instr": {"group": (1, 1)},
+    "group": {"gord": (1, 1)},
+    "gord": {"iord": (1, 1)},
+    "iord": {"item": (1, 1), "sitem": (0, 1), "iname": (1, 1), "qty": (1, 1),
+             "params": (1, 1)},
+    "params": {"i": (0, MAX_STEPS), "c": (0, MAX_STEPS), "h": (0, MAX_STEPS)},
+    "ALOGIN": {"user": (1, 1), "extra": (0, _MANY)},
+    "ADATA": {name: (1, 1) for name in ("Ordnr", "group", "gord", "iord", "step", "result",
+                                        "value")},
+    "APRINT": {"Ordnr": (1, 1), "selection": (1, 1), "count": (1, 1)},
+    "OIPREPLY": {"cmd": (1, 1), "code": (1, 1), "tsn": (1, 1), "text": (0, 1),
+                 "sn": (0, _MANY)},
+}
 
 
-def _find(el: etree._Element, name: str) -> etree._Element | None:
-    return next(el.iter("{*}" + name), None)
+class _Part:
+    """An element checked against its shape: its children by local name."""
+
+    def __init__(self, el: etree._Element, where: str, shape: str | None = None) -> None:
+        self.el, self.where = el, where
+        allowed = SHAPES[shape or _local(el)]
+        self.children: dict[str, list[etree._Element]] = {}
+        for child in el:
+            if not isinstance(child.tag, str):
+                continue
+            name = _local(child)
+            if name not in allowed:
+                raise malformed(f"{where}: unexpected element <{_name(name)}> (expected "
+                                f"{', '.join('<' + n + '>' for n in allowed)})")
+            self.children.setdefault(name, []).append(child)
+        for name, (lo, hi) in allowed.items():
+            n = len(self.children.get(name, ()))
+            if n < lo:
+                raise malformed(f"{where}: missing <{name}>")
+            if n > hi:
+                raise malformed(f"{where}: {n} <{name}> elements; at most {hi} expected"
+                                if hi > 1 else f"{where}: <{name}> appears {n} times; "
+                                "expected once")
+
+    def one(self, name: str) -> etree._Element | None:
+        found = self.children.get(name)
+        return found[0] if found else None
+
+    def part(self, name: str) -> _Part:
+        el = self.one(name)
+        assert el is not None  # the shape made it mandatory
+        return _Part(el, f"{self.where}/{name}")
+
+    def text(self, name: str) -> str:
+        """A leaf field's text ("" for an optional field that is absent)."""
+        el = self.one(name)
+        return "" if el is None else _leaf(el, f"{self.where}/{name}")
+
+    def texts(self, name: str) -> list[str]:
+        return [_leaf(el, f"{self.where}/{name}[{n}]")
+                for n, el in enumerate(self.children.get(name, ()), 1)]
+
+    def mixed(self, name: str) -> tuple[str, _Part]:
+        """A mixed-content field (``<Sts>31<min>..</min></Sts>``): its own text and parts."""
+        el = self.one(name)
+        assert el is not None
+        where = f"{self.where}/{name}"
+        for child in el:
+            if (child.tail or "").strip():
+                raise malformed(f"{where}: text {show_text(child.tail.strip())} after "
+                                f"<{_local(child) if isinstance(child.tag, str) else child.tag}>"
+                                "; the value goes before the child elements")
+        return (el.text or "").strip(), _Part(el, where)
 
 
-def _need(el: etree._Element, name: str, where: str) -> str:
-    found = _find(el, name)
-    if found is None:
-        raise malformed(f"{where}: missing <{name}>")
-    return value_of(found)
-
-
-def _values(el: etree._Element, name: str) -> list[str]:
-    return [value_of(x) for x in el.iter("{*}" + name)]
+def _leaf(el: etree._Element, where: str) -> str:
+    for child in el:
+        if isinstance(child.tag, str):
+            raise malformed(f"{where}: holds the element <{_name(_local(child))}>; a text "
+                            "value is expected")
+    return (el.text or "").strip()
 
 
 # --------------------------------------------------------------------------- decode
@@ -116,7 +199,17 @@ def _values(el: etree._Element, name: str) -> list[str]:
 def decode_envelope(root: etree._Element) -> tuple[Header, Command]:
     """Header and command of a SOAP 1.1 request; OipError (tsn when known) otherwise."""
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
-        raise EnvelopeError(f"root element {root.tag!r} is not a SOAP 1.1 Envelope")
+        if _local(root) == "Envelope":  # another SOAP version (1.2: .../2003/05/...)
+            raise EnvelopeError(f"Envelope namespace {show_text(etree.QName(root).namespace or '')}"
+                                f" is not SOAP 1.1's {SOAP_ENV}", "VersionMismatch")
+        raise EnvelopeError(f"root element {show_text(str(root.tag))} is not a SOAP 1.1 "
+                            "Envelope")
+    soap_header = root.find(f"{{{SOAP_ENV}}}Header")
+    for entry in soap_header if soap_header is not None else ():
+        if isinstance(entry.tag, str) and entry.get(f"{{{SOAP_ENV}}}mustUnderstand") == "1":
+            raise EnvelopeError(f"SOAP Header entry {show_text(str(entry.tag))} has "
+                                "mustUnderstand=\"1\"; this endpoint understands no header "
+                                "entries", "MustUnderstand")
     body = root.find(f"{{{SOAP_ENV}}}Body")
     if body is None:
         raise EnvelopeError("SOAP Envelope without Body")
@@ -133,18 +226,19 @@ def decode_envelope(root: etree._Element) -> tuple[Header, Command]:
 
 
 def decode_head(head: etree._Element) -> Header:
-    tsn_el = _find(head, "tsn")
-    tsn = 0
-    if tsn_el is not None:
-        tsn = parse_int(value_of(tsn_el), "OIPHEAD/tsn")
+    # the tsn first, so that a refusal of the rest still echoes it
+    tsns = [el for el in head if isinstance(el.tag, str) and _local(el) == "tsn"]
+    tsn = parse_int(_leaf(tsns[0], "OIPHEAD/tsn"), "OIPHEAD/tsn") if len(tsns) == 1 else 0
     try:
-        cmd = _need(head, "cmd", "OIPHEAD")
-        code = parse_int(_need(head, "code", "OIPHEAD"), "OIPHEAD/code", INT16)
-        if tsn_el is None:
-            raise malformed("OIPHEAD: missing <tsn>")
-        length_el = _find(head, "length")  # informational
-        length = parse_int(value_of(length_el), "OIPHEAD/length") if length_el is not None \
-            else 0
+        part = _Part(head, "OIPHEAD")
+        cmd = part.text("cmd")
+        code = parse_int(part.text("code"), "OIPHEAD/code", INT16)
+        # informational (PROTOCOL.md): read when it is an integer, never a reason to refuse
+        text = part.text("length")
+        length = int(text) if text.isascii() and text.lstrip("-").isdigit() \
+            and len(text) < 12 else 0
+        if not 1 <= len(cmd) <= 8:
+            raise malformed(f"OIPHEAD/cmd: {len(cmd)} characters; 1..8 expected")
         if cmd not in COMMANDS:
             raise OipError(Refusal.UNKNOWN_COMMAND, f"OIPHEAD/cmd: unknown command {cmd!r} "
                            f"(known: {', '.join(COMMANDS)})")
@@ -159,64 +253,73 @@ def decode_body(cmd: str, parts: Sequence[etree._Element]) -> Command:
     names = [_local(p) for p in parts]
     if want is None:
         if parts:
-            raise malformed(f"{cmd} carries no body element, got {', '.join(names)}")
+            raise malformed(f"{cmd} carries no body element, got "
+                            f"{show_text(', '.join(names))}")
         return Ping() if cmd == "PING" else Init()
     if names != [want]:
         raise malformed(f"{cmd} needs exactly one <{want}> after OIPHEAD, got "
-                        f"{', '.join(names) or 'nothing'}")
+                        f"{show_text(', '.join(names)) or 'nothing'}")
     el = parts[0]
     if cmd == "ORDER":
         return LoadOrder(decode_order(el))
+    part = _Part(el, want)
     if cmd == "LOGIN":
-        user = _need(el, "user", "ALOGIN")
+        user = part.text("user")
         if not user:
             raise malformed("ALOGIN/user: empty")
-        return Login(user, tuple(_values(el, "extra")))
+        return Login(user, tuple(part.texts("extra")))
     if cmd == "DATA":
-        result = _need(el, "result", "ADATA")
+        result = part.text("result")
         if result not in ("OK", "NOK"):
-            raise malformed(f"ADATA/result: {result!r} is not OK or NOK")
-        return StepResult(_need(el, "Ordnr", "ADATA"), _need(el, "group", "ADATA"),
-                          parse_int(_need(el, "gord", "ADATA"), "ADATA/gord"),
-                          parse_int(_need(el, "iord", "ADATA"), "ADATA/iord"),
-                          parse_int(_need(el, "step", "ADATA"), "ADATA/step", (1, MAX_STEPS)),
-                          result == "OK", _need(el, "value", "ADATA"))
-    return PrintRequest(_need(el, "Ordnr", "APRINT"), _need(el, "selection", "APRINT"),
-                        parse_int(_need(el, "count", "APRINT"), "APRINT/count",
-                                  (1, MAX_PRINT_COUNT)))
+            raise malformed(f"ADATA/result: {show_text(result)} is not OK or NOK")
+        return StepResult(part.text("Ordnr"), part.text("group"),
+                          parse_int(part.text("gord"), "ADATA/gord"),
+                          parse_int(part.text("iord"), "ADATA/iord"),
+                          parse_int(part.text("step"), "ADATA/step", (1, MAX_STEPS)),
+                          result == "OK", part.text("value"))
+    return PrintRequest(part.text("Ordnr"), part.text("selection"),
+                        parse_int(part.text("count"), "APRINT/count", (1, MAX_PRINT_COUNT)))
 
 
 def decode_order(el: etree._Element) -> Order:
-    head = [_need(el, name, "AORDER") for name in ORDER_FIELDS]
-    if not head[0]:
+    """AORDER in the seed's shape: Sts and Seq are mixed content around min/max and ext."""
+    part = _Part(el, "AORDER")
+    sts, sts_part = part.mixed("Sts")
+    seq, seq_part = part.mixed("Seq")
+    fields = {"Ordnr": part.text("Ordnr"), "Sts": sts, "min": sts_part.text("min"),
+              "max": sts_part.text("max"), "Seq": seq, "ext": seq_part.text("ext"),
+              **{name: part.text(name) for name in ("VIN", "intclr", "dst", "drv", "prdline")}}
+    if not fields["Ordnr"]:
         raise malformed("AORDER/Ordnr: empty")
-    ailist = _find(el, "AIList")
-    instrs = list(ailist.iter("{*}instr")) if ailist is not None else []
-    return Order(*head, instructions=tuple(decode_instr(x, no)
-                                           for no, x in enumerate(instrs, 1)))
+    instrs = part.part("AIList").children.get("instr", [])
+    return Order(*(fields[name] for name in ORDER_FIELDS),
+                 instructions=tuple(decode_instr(x, no) for no, x in enumerate(instrs, 1)))
 
 
 def decode_instr(el: etree._Element, no: int) -> Instruction:
+    """``<instr><group>G<gord>1<iord>10<item>..</item>..<params>..</params></iord></gord>
+    </group></instr>``, nested exactly as the seed writes it."""
     where = f"AORDER/AIList/instr[{no}]"
-    params = _find(el, "params")
-    if params is None:
-        raise malformed(f"{where}: missing <params>")
-    ints = [parse_int(v, f"{where}/params/i") for v in _values(params, "i")]
-    hs = [parse_int(v, f"{where}/params/h") for v in _values(params, "h")]
-    cs = _values(params, "c")
+    group, group_part = _Part(el, where).mixed("group")
+    gord, gord_part = group_part.mixed("gord")
+    iord, iord_part = gord_part.mixed("iord")
+    params = iord_part.part("params")
+    pw = params.where
+    ints = [parse_int(v, f"{pw}/i") for v in params.texts("i")]
+    hs = [parse_int(v, f"{pw}/h") for v in params.texts("h")]
+    cs = params.texts("c")
     if len(ints) != len(hs) or len(cs) > len(hs):
-        raise malformed(f"{where}/params: {len(ints)} i, {len(cs)} c, {len(hs)} h; expected "
+        raise malformed(f"{pw}: {len(ints)} i, {len(cs)} c, {len(hs)} h; expected "
                         "as many i as h and at most as many c")
     cs = [""] * (len(hs) - len(cs)) + cs
-    sitem = _find(el, "sitem")
     ins = Instruction(
-        group=_need(el, "group", where),
-        gord=parse_int(_need(el, "gord", where), f"{where}/gord"),
-        iord=parse_int(_need(el, "iord", where), f"{where}/iord"),
-        item=_need(el, "item", where),
-        sitem=value_of(sitem) if sitem is not None else "",
-        iname=_need(el, "iname", where),
-        qty=parse_int(_need(el, "qty", where), f"{where}/qty"),
+        group=group,
+        gord=parse_int(gord, f"{group_part.where}/gord"),
+        iord=parse_int(iord, f"{gord_part.where}/iord"),
+        item=iord_part.text("item"),
+        sitem=iord_part.text("sitem"),
+        iname=iord_part.text("iname"),
+        qty=parse_int(iord_part.text("qty"), f"{iord_part.where}/qty"),
         steps=tuple(Step(i, c, h) for i, c, h in zip(ints, cs, hs, strict=True)))
     return check_instruction(ins, where)
 
@@ -284,7 +387,10 @@ def _sub(parent: etree._Element, name: str, text: object = None) -> etree._Eleme
 
 
 def _safe(text: str) -> str:
-    """Reply text XML can carry (control characters become spaces)."""
+    """Reply text XML can carry (control characters become spaces), at most MAX_TEXT
+    characters."""
+    if len(text) > MAX_TEXT:
+        text = text[:MAX_TEXT - 3] + "..."
     return _XML_ILLEGAL.sub(" ", text)
 
 
@@ -319,11 +425,12 @@ def encode_reply(tsn: int, reply: Reply) -> bytes:
     return _tostring(env)
 
 
-def encode_fault(tsn: int, refusal: Refusal, text: str) -> bytes:
+def encode_fault(tsn: int, refusal: Refusal, text: str, faultcode: str | None = None) -> bytes:
     env, body = _envelope()
     fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
     # the client's request is at fault, except for an internal error (a bug on our side)
-    _sub(fault, "faultcode", "soap:Server" if refusal is Refusal.INTERNAL else "soap:Client")
+    code = faultcode or ("Server" if refusal is Refusal.INTERNAL else "Client")
+    _sub(fault, "faultcode", f"soap:{code}")
     _sub(fault, "faultstring", _safe(text))
     _sub(fault, "detail").append(reply_element(tsn, Nak(refusal, _safe(text))))
     return _tostring(env)
@@ -410,7 +517,7 @@ def decode_reply(root: etree._Element) -> tuple[bool, int, int, str, tuple[str, 
     el = next(root.iter(f"{{{NS}}}OIPREPLY"), None)
     if el is None:
         raise malformed("response without OIPREPLY")
-    return (_need(el, "cmd", "OIPREPLY") == "ACK", int(_need(el, "code", "OIPREPLY")),
-            int(_need(el, "tsn", "OIPREPLY")),
-            value_of(_find(el, "text")) if _find(el, "text") is not None else "",
-            tuple(_values(el, "sn")))
+    part = _Part(el, "OIPREPLY")
+    return (part.text("cmd") == "ACK", parse_int(part.text("code"), "OIPREPLY/code"),
+            parse_int(part.text("tsn"), "OIPREPLY/tsn"), part.text("text"),
+            tuple(part.texts("sn")))
