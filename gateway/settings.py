@@ -64,7 +64,8 @@ class TlsSettings:
 @dataclass(frozen=True)
 class OipTcpSettings:
     enable: bool = _f(True, "Accept OIP over TCP.")
-    listen_address: str = _f("127.0.0.1", "Address to listen on (0.0.0.0 = every interface).")
+    listen_address: str = _f("127.0.0.1", "Address to listen on (0.0.0.0 = every IPv4 "
+                             "interface; :: = every IPv6 interface, IPv6 only).")
     listen_port: int = _f(7701, "TCP port for OIP frames.", **PORT)
     allowed_peers: list[str] = _f([], "Addresses or networks (CIDR) allowed to connect; "
                                   "empty = any (logged as a WARNING at start).")

@@ -413,7 +413,7 @@ class Station:
                                        hook=self._close_order_hook(reloading=order.Ordnr))
         if status != "duplicate":  # a duplicate changed nothing: memory follows the store
             self._apply_order(ticket, order)
-        self._board.incr("orders_loaded")
+            self._board.incr("orders_loaded")
         log.info("ORDER %s loaded from %s tsn=%d (%d instructions)%s", order.Ordnr, origin.peer,
                  origin.tsn, len(order.instructions),
                  " (retransmission)" if status == "duplicate" else "")

@@ -183,6 +183,7 @@ async def test_soap_order_is_committed_before_its_ack(tmp_path):
     assert status2 == 200 and reply_of(body2)[0]
     assert rows(db, "SELECT COUNT(*) FROM messages WHERE kind='Order'") == [(1,)]
     assert board.script == "ZI355937"
+    assert board.counters["orders_loaded"] == 1  # the retransmission loaded nothing
 
 
 async def test_a_full_store_is_a_nak_on_the_wire_and_keeps_what_it_had(tmp_path):

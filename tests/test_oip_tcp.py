@@ -586,3 +586,87 @@ async def test_pacsim_stream_over_several_connections(tmp_path):
     # orders (the last with 1 DATA, no serial), 30 -> 6, 50 -> 10; then 20 orders alone
     assert kinds == {"Order": 3 + 6 + 10 + 20, "StepResult": 9 + 24 + 40,
                      "SIDCommissioningEvent": 4 + 12 + 20}
+
+
+# --------------------------------------------------------------------------- floods and edges
+
+
+async def test_a_flooding_peer_does_not_stall_another_and_is_not_logged_packet_by_packet(
+        caplog):
+    """One peer pours malformed packets (and lone STX bytes) in as fast as it can while reading
+    its NAKs; another peer's PING is answered while the flood is still being worked through
+    (the server gives the loop back every YIELD_EVERY packets), every flood packet gets its NAK
+    in order, lone STX bytes are counted as garbage, and the log holds a bounded number of
+    lines, not one per refused packet."""
+    from adapters.oip import tcp
+
+    board = StatusBoard()
+    n = 40_000
+    flood = b"".join(b"\x02\x02X,0,%d,1\x03" % k for k in range(1, n + 1))
+    async with tcp_server(board=board) as server:
+        flooder = await pac(server)
+        other = await pac(server)
+        got: list[int] = []
+
+        async def read_naks() -> None:
+            while len(got) < n:
+                got.append((await flooder.reply(timeout_s=60)).tsn)
+
+        reader = asyncio.create_task(read_naks())
+        writing = asyncio.create_task(flooder.send_raw(flood))
+        while not got:  # noqa: ASYNC110 - waiting for the flood to be under way
+            await asyncio.sleep(0.001)
+        ping = await other.request(Ping(), 7)
+        naks_when_pinged = len(got)
+        await writing
+        await reader
+        await flooder.close()
+        await other.close()
+    assert ping.ack and ping.tsn == 7
+    assert naks_when_pinged < n, "the PING waited for the whole flood"
+    assert got == list(range(1, n + 1))  # each refused packet answered once, in order
+    assert board.counters["oip_naks"] == n
+    assert board.counters["oip_garbage_bytes"] == n  # the lone STX before each packet
+    refusal_lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusal_lines) <= tcp.LOGGED_REFUSALS + 2, len(refusal_lines)
+    assert any("more packets refused" in r.getMessage() for r in refusal_lines)
+
+
+async def test_tls_peers_are_checked_before_the_handshake(tmp_path):
+    """A peer outside allowed_peers is closed at once, TLS or not; an allowed peer that never
+    starts its handshake is closed after idle_timeout_s instead of holding a socket."""
+    cert = make_cert(tmp_path)
+    tls = TlsSettings(enable=True, path=tmp_path)
+    board = StatusBoard()
+    async with tcp_server(board=board, tls=tls, allowed_peers=["10.0.0.0/8"]) as server:
+        silent = await pac(server)  # plain TCP, says nothing
+        await assert_closed(silent)
+    assert board.counters["oip_peers_refused"] == 1
+    async with tcp_server(tls=tls, idle_timeout_s=0.3) as server:
+        silent = await pac(server)
+        await assert_closed(silent)
+        good = await pac(server, client_ctx(cert))
+        assert (await good.request(Ping(), 1)).ack
+        await good.close()
+
+
+def test_ipv4_mapped_addresses_are_ipv4_peers():
+    from adapters.oip.common import PeerFilter, peer_host
+
+    for entry in ("::ffff:127.0.0.1", "::ffff:127.0.0.0/104", "127.0.0.1"):
+        peers = PeerFilter([entry], "oip.tcp")
+        assert peers.allows("127.0.0.1") and peers.allows("::ffff:127.0.0.1"), entry
+        assert not peers.allows("10.0.0.1") and not peers.allows("::1"), entry
+    assert peer_host("::ffff:10.0.0.7") == "10.0.0.7"
+    assert peer_host("10.0.0.7") == "10.0.0.7" and peer_host("fe80::1%eth0") == "fe80::1%eth0"
+
+
+async def test_a_one_record_packet_declaring_too_many_bytes_is_too_large():
+    async with tcp_server(max_packet_bytes=1024) as server:
+        p = await pac(server)
+        await p.send_raw(b"\x02PING,0,13,2147483647\x03")
+        too_large = await p.reply()
+        assert (await p.request(Ping(), 14)).ack
+        await p.close()
+    assert (too_large.ack, too_large.code, too_large.tsn) == (False, 3, 13)
+    assert "header declares 2147483647 bytes" in too_large.text

@@ -185,15 +185,19 @@ class Framer:
             self._too_large(f"packet longer than {self.limits.max_packet_bytes} bytes")
             return pos + max(room, 0)
         self._buf += data[pos:stop]
-        if not self._header_checked and b";" in self._buf:
+        # the header's length field is complete at its ';' or, for a one-record packet, at ETX
+        if not self._header_checked and (stop == e or b";" in self._buf):
             self._check_header()
             if self._skipping:
                 return stop
         if stop == len(data):
             return stop
         if stop == s:
-            self._ready.append(Refused(_guess_tsn(bytes(self._buf[1:])), Refusal.MALFORMED,
-                                       "packet cut short: STX before its ETX"))
+            if len(self._buf) == 1:  # STX STX: a lone STX is line noise, not a packet
+                self.garbage_bytes += 1
+            else:
+                self._ready.append(Refused(_guess_tsn(bytes(self._buf[1:])), Refusal.MALFORMED,
+                                           "packet cut short: STX before its ETX"))
             self._start()
             return s + 1
         self._buf += ETX_B

@@ -48,16 +48,35 @@ def internal_text(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}; see the gateway log"
 
 
+def peer_host(address: str) -> str:
+    """The peer's address as the gateway names it: an IPv4 client on a dual-stack socket
+    (``::ffff:10.0.0.7``) is ``10.0.0.7``, the same identity as over IPv4."""
+    try:
+        addr = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return address
+
+
 class PeerFilter:
     """``allowed_peers``: addresses or CIDR networks; empty = everyone."""
 
     def __init__(self, allowed: Sequence[str], where: str) -> None:
         problems, nets = [], []
+        mapped = ipaddress.ip_network("::ffff:0:0/96")
         for entry in allowed:
             try:
-                nets.append(ipaddress.ip_network(entry, strict=False))
+                net = ipaddress.ip_network(entry, strict=False)
             except ValueError as exc:
                 problems.append(f"{where}.allowed_peers: {entry!r}: {exc}")
+                continue
+            if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(mapped):
+                # ::ffff:a.b.c.d[/n]: the IPv4 peers it names (peers are compared as IPv4)
+                net = ipaddress.ip_network((int(net.network_address) & 0xFFFF_FFFF,
+                                            net.prefixlen - 96))
+            nets.append(net)
         if problems:
             raise SettingsError(problems)
         self.networks = nets

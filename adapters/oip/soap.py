@@ -27,6 +27,7 @@ from adapters.oip.common import (
     call_station,
     internal_text,
     limits_of,
+    peer_host,
     server_ssl_context,
 )
 from adapters.oip.records import OipError
@@ -141,7 +142,7 @@ class OipSoapServer:
                 chunks.append(chunk)
 
     async def _post(self, request: web.Request) -> web.Response:
-        peer = request.remote or "?"
+        peer = peer_host(request.remote or "?")
         if self._busy >= self.soap.max_requests:
             log.warning("OIP SOAP: %s refused: %d requests are being handled "
                         "(oip.soap.max_requests)", peer, self._busy)

@@ -5,8 +5,13 @@ Per connection, packets are handled in order: each decoded command goes to
 packets the codec refuses are NAKed without reaching the station. The connection survives a
 NAK. A connection silent for ``idle_timeout_s`` (or not reading its replies for that long)
 is closed. Peers outside ``allowed_peers`` are closed at once; past ``max_connections`` a
-peer gets ``NAK 12 busy`` (tsn 0) and is closed. One connection's failure never touches
-another: each has its own task, decoder and buffer.
+peer gets ``NAK 12 busy`` (tsn 0) and is closed; both are checked before a TLS handshake,
+which must then complete within ``idle_timeout_s``. One connection's failure never touches
+another: each has its own task, decoder and buffer, its replies go out in one write per
+received chunk, it gives the event loop back at least every ``YIELD_EVERY`` packets, and only
+its first ``LOGGED_REFUSALS`` refusals are logged one by one (the rest are counted on the
+board and summed up in the log once a minute and at the end), so a peer flooding malformed
+packets cannot stall the others.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import time
 
 from adapters.oip.codec import Decoder, Packet, Refused, encode_nak, encode_reply
 from adapters.oip.common import (
@@ -22,6 +29,7 @@ from adapters.oip.common import (
     call_station,
     internal_text,
     limits_of,
+    peer_host,
     server_ssl_context,
 )
 from gateway.board import StatusBoard
@@ -31,6 +39,39 @@ from gateway.settings import OipSettings
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 16_384
+YIELD_EVERY = 64  # packets handled without suspending before the loop gets a turn
+LOGGED_REFUSALS = 20  # per connection; later ones are summed up
+REFUSAL_SUMMARY_S = 60.0
+
+
+class _Refusals:
+    """Per-connection refusal logging: the first LOGGED_REFUSALS one by one, then a summary
+    line at most every REFUSAL_SUMMARY_S and at the end."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.logged = 0
+        self.unlogged = 0
+        self.since = time.monotonic()
+
+    def log(self, tsn: int, detail: str) -> None:
+        if self.logged < LOGGED_REFUSALS:
+            self.logged += 1
+            log.warning("OIP TCP: %s tsn %d refused: %s%s", self.host, tsn, detail,
+                        "; further refusals on this connection are summed up"
+                        if self.logged == LOGGED_REFUSALS else "")
+            return
+        self.unlogged += 1
+        if time.monotonic() - self.since >= REFUSAL_SUMMARY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unlogged:
+            log.warning("OIP TCP: %s: %d more packets refused in the last %.0f s (not logged "
+                        "one by one; counted in oip_naks)", self.host, self.unlogged,
+                        time.monotonic() - self.since)
+        self.unlogged = 0
+        self.since = time.monotonic()
 
 
 class OipTcpServer:
@@ -47,12 +88,14 @@ class OipTcpServer:
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()  # every connection handler
         self._active: set[asyncio.Task[None]] = set()  # admitted sessions (max_connections)
+        self._ssl: ssl.SSLContext | None = None
 
     async def serve(self) -> None:
-        ssl_ctx = server_ssl_context(self.tcp.tls)
+        # TLS starts per connection after the peer and connection checks (a handshake first
+        # would let any peer hold a socket open before allowed_peers is even looked at)
+        ssl_ctx = self._ssl = server_ssl_context(self.tcp.tls)
         server = await asyncio.start_server(self._connected, self.tcp.listen_address,
-                                            self.tcp.listen_port, ssl=ssl_ctx,
-                                            limit=READ_CHUNK)
+                                            self.tcp.listen_port, limit=READ_CHUNK)
         self.port = server.sockets[0].getsockname()[1]
         self.board.set_adapter(self.name, "listening")
         log.info("OIP TCP listening on %s:%d%s", self.tcp.listen_address, self.port,
@@ -95,7 +138,7 @@ class OipTcpServer:
         assert task is not None
         self._tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
-        host = str(peer[0])
+        host = peer_host(str(peer[0]))
         try:
             if not self.peers.allows(host):
                 log.warning("OIP TCP: refused %s (not in oip.tcp.allowed_peers)", host)
@@ -110,7 +153,17 @@ class OipTcpServer:
                     await asyncio.wait_for(writer.drain(), 1.0)
                 return
             self._active.add(task)
-            log.info("OIP TCP: %s:%s connected", host, peer[1])
+            if self._ssl is not None:
+                try:
+                    await writer.start_tls(self._ssl,
+                                           ssl_handshake_timeout=self.tcp.idle_timeout_s)
+                except (OSError, TimeoutError, ssl.SSLError) as exc:
+                    log.warning("OIP TCP: %s: TLS handshake failed: %s", host,
+                                exc or type(exc).__name__)
+                    writer.transport.abort()
+                    return
+            log.info("OIP TCP: %s:%s connected%s", host, peer[1],
+                     " (TLS)" if self._ssl is not None else "")
             await self._session(reader, writer, host)
         except (OSError, TimeoutError) as exc:
             log.info("OIP TCP: %s: connection ended: %s", host, exc)
@@ -130,9 +183,18 @@ class OipTcpServer:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        host: str) -> None:
+        refusals = _Refusals(host)
+        try:
+            await self._packets(reader, writer, host, refusals)
+        finally:
+            refusals.flush()
+
+    async def _packets(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       host: str, refusals: _Refusals) -> None:
         decoder = Decoder(self.limits)
         timeout = self.tcp.idle_timeout_s
         garbage = 0
+        replies: list[bytes] = []  # written together: one send per chunk, not per packet
         while True:
             try:
                 async with asyncio.timeout(timeout):  # cheaper than wait_for per frame
@@ -148,19 +210,23 @@ class OipTcpServer:
             except Exception as exc:  # a codec bug: answer it, start framing afresh
                 log.exception("OIP TCP: %s: framing failed; %d byte(s) dropped", host,
                               decoder.buffered + len(data))
-                writer.write(self._internal(0, exc))
+                replies.append(self._internal(0, exc))
                 decoder, garbage = Decoder(self.limits), 0
             if decoder.garbage_bytes != garbage:
                 self.board.incr("oip_garbage_bytes", decoder.garbage_bytes - garbage)
                 garbage = decoder.garbage_bytes
+            handled = 0
             while True:
                 try:
                     event = decoder.next_event()
                 except Exception as exc:  # a codec bug on one packet: NAK it, go on
                     log.exception("OIP TCP: %s: decoding a packet failed", host)
-                    writer.write(self._internal(0, exc))
+                    replies.append(self._internal(0, exc))
                     continue
                 if isinstance(event, Packet):
+                    if replies:  # earlier replies go out before this one's commit is awaited
+                        writer.write(b"".join(replies))
+                        replies.clear()
                     try:
                         reply = await self._handle(event, host)
                     except Exception as exc:  # a bug on one packet: NAK it, keep the peer
@@ -168,12 +234,20 @@ class OipTcpServer:
                                       event.header.cmd)
                         reply = self._internal(event.header.tsn, exc)
                 elif isinstance(event, Refused):
-                    log.warning("OIP TCP: %s tsn %d refused: %s", host, event.tsn, event.detail)
+                    refusals.log(event.tsn, event.detail)
                     self.board.incr("oip_naks")
                     reply = encode_nak(event.tsn, event.refusal, event.detail)
                 else:
                     break
-                writer.write(reply)
+                replies.append(reply)
+                handled += 1
+                if handled % YIELD_EVERY == 0:  # a chunk of many packets: let others run
+                    writer.write(b"".join(replies))
+                    replies.clear()
+                    await asyncio.sleep(0)
+            if replies:
+                writer.write(b"".join(replies))
+                replies.clear()
             if writer.transport.get_write_buffer_size():  # not all sent yet
                 try:
                     async with asyncio.timeout(timeout):
