@@ -71,6 +71,8 @@ class OipTcpSettings:
                                   "empty = any (logged as a WARNING at start).")
     idle_timeout_s: float = _f(300.0, "Close a connection silent for this long.", min=0.1)
     max_connections: int = _f(64, "Simultaneous PAC connections; more are refused.", min=1)
+    tls_handshake_timeout_s: float = _f(10.0, "With TLS: a peer must complete its handshake "
+                                        "within this long.", min=0.1)
     tls: TlsSettings = _sub(TlsSettings, "Optional TLS for OIP over TCP.")
 
 

@@ -578,3 +578,49 @@ async def test_more_requests_than_max_requests_are_busy():
     assert second[0] == 503 and reply_of(second[1])[:2] == (False, 12)
     assert first_reply[0] == 200 and third[0] == 200 and reply_of(third[1])[0]
     assert [o.tsn for _, o in station.calls] == [1, 3]
+
+
+async def test_lenient_where_the_protocol_says_so():
+    """length is informational (any text, repeated); an Expect of an HTTP/1.0 request is
+    ignored; a BOM beats the charset label; us-ascii labels UTF-8; a mustUnderstand header
+    entry addressed to another actor is not ours."""
+    station = RecordingStation()
+    weird_length = xmlcodec.encode_request(Ping(), 1).replace(
+        b"<length>", b"<length>--5</length><length>", 1)
+    bom = b"\xef\xbb\xbf" + xmlcodec.encode_request(Login("Jürgen"), 2)
+    other_actor = (f'<s:Envelope xmlns:s="{xmlcodec.SOAP_ENV}"><s:Header><x:Sec xmlns:x="u" '
+                   's:actor="urn:proxy" s:mustUnderstand="1"/></s:Header><s:Body><OIPHEAD>'
+                   '<cmd>PING</cmd><code>0</code><tsn>4</tsn></OIPHEAD></s:Body></s:Envelope>'
+                   ).encode()
+    async with soap_server(station) as server, aiohttp.ClientSession() as s:
+        first = await post(server, weird_length)
+        async with s.post(url(server), data=bom,
+                          headers={"Content-Type": "text/xml; charset=iso-8859-1"}) as r:
+            second = r.status, await r.read()
+        async with s.post(url(server), data=xmlcodec.encode_request(Login("Jörg"), 3),
+                          headers={"Content-Type": "text/xml; charset=US-ASCII"}) as r:
+            third = r.status, await r.read()
+        fourth = await post(server, other_actor)
+        body = xmlcodec.encode_request(Ping(), 5)
+        http10 = await _raw(server, b"POST /oip HTTP/1.0\r\nHost: h\r\nExpect: foo\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    for (status, reply), tsn in zip((first, second, third, fourth), (1, 2, 3, 4), strict=True):
+        assert status == 200 and reply_of(reply)[:3] == (True, 0, tsn), reply
+    assert http10.startswith(b"HTTP/1.0 200") and b"100 Continue" not in http10
+    assert station.commands() == [Ping(), Login("Jürgen"), Login("Jörg"), Ping(), Ping()]
+
+
+async def test_slow_bodies_do_not_take_request_slots():
+    station = RecordingStation()
+    async with soap_server(station, max_requests=2, request_timeout_s=30) as server:
+        stalled = []
+        for _ in range(3):
+            _, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(b"POST /oip HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n<s:")
+            await writer.drain()
+            stalled.append(writer)
+        await asyncio.sleep(0.2)
+        ok = await post(server, xmlcodec.encode_request(Ping(), 1))
+        for writer in stalled:
+            writer.transport.abort()
+    assert ok[0] == 200 and reply_of(ok[1])[:3] == (True, 0, 1)

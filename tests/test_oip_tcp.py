@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import logging
 import socket
 import ssl
 import sys
@@ -670,3 +671,44 @@ async def test_a_one_record_packet_declaring_too_many_bytes_is_too_large():
         await p.close()
     assert (too_large.ack, too_large.code, too_large.tsn) == (False, 3, 13)
     assert "header declares 2147483647 bytes" in too_large.text
+
+
+async def test_tls_handshakes_neither_hold_a_slot_nor_a_stop(tmp_path):
+    """A peer that never handshakes does not count against max_connections (a real PAC still
+    gets in), a busy TLS peer reads its NAK 12 over TLS, and stopping the server while a peer
+    is mid-handshake does not wait for the handshake timeout."""
+    cert = make_cert(tmp_path)
+    tls = TlsSettings(enable=True, path=tmp_path)
+    server = OipTcpServer(oip_settings(tls=tls, max_connections=1, idle_timeout_s=300,
+                                       tls_handshake_timeout_s=300),
+                          RecordingStation(), StatusBoard())
+    task = asyncio.create_task(server.serve())
+    await asyncio.wait_for(server.ready.wait(), 10)
+    silent = await pac(server)  # plain TCP: never starts a handshake
+    first = await pac(server, client_ctx(cert))
+    assert (await first.request(Ping(), 1)).ack
+    second = await pac(server, client_ctx(cert))
+    busy = await second.reply()
+    assert (busy.ack, busy.code, busy.tsn) == (False, 12, 0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=20)  # a bound, far below the 300 s timeout
+    assert done, "the stop waited for a peer's TLS handshake"
+    await silent.close()
+    await first.close()
+
+
+async def test_station_naks_are_logged_within_the_same_limit(caplog):
+    from adapters.oip import tcp
+
+    caplog.set_level(logging.INFO, logger="adapters.oip.tcp")  # station NAKs log at INFO
+    station = RecordingStation()
+    station.full = True
+    async with tcp_server(station) as server:
+        p = await pac(server)
+        await p.send_raw(b"".join(encode_command(Login(f"u{n}"), n) for n in range(1, 201)))
+        replies = [await p.reply() for _ in range(200)]
+        await p.close()
+    assert [(r.code, r.tsn) for r in replies] == [(5, n) for n in range(1, 201)]
+    lines = [r for r in caplog.records if "NAK" in r.getMessage() or "refused" in
+             r.getMessage()]
+    assert len(lines) <= tcp.LOGGED_REFUSALS + 2, len(lines)

@@ -54,7 +54,7 @@ EXAMPLE = """\
 """
 
 TCP_KEYS = ("enable, listen_address, listen_port, allowed_peers, idle_timeout_s, max_connections, "
-            "tls")
+            "tls_handshake_timeout_s, tls")
 
 
 def test_unknown_key_names_its_key_position_and_the_closest_key() -> None:

@@ -18,7 +18,7 @@ import importlib.resources
 import logging
 from xml.sax.saxutils import escape
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.client_exceptions import ClientPayloadError
 
 from adapters.oip import xmlcodec
@@ -115,14 +115,18 @@ class OipSoapServer:
                            f"{self.soap.max_body_bytes} bytes", status=413, close=True)
 
     async def _expect(self, request: web.Request) -> web.Response | None:
-        """``Expect: 100-continue``: a body announced too large is refused before it is sent."""
+        """``Expect: 100-continue``: a body announced too large is refused before it is sent.
+        As aiohttp's own handler: HTTP/1.0 requests' Expect is ignored (RFC 7231 §5.1.1)."""
         length = request.content_length
         if length is not None and length > self.soap.max_body_bytes:
             return self._too_large(request.remote or "?")
+        if request.version != HttpVersion11:
+            return None
         if request.headers.get("Expect", "").lower() != "100-continue":
             return self._fault(0, Refusal.MALFORMED, "unsupported Expect header", status=417,
                                close=True)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
         return None
 
     async def _read(self, request: web.Request) -> bytes | None:
@@ -143,18 +147,6 @@ class OipSoapServer:
 
     async def _post(self, request: web.Request) -> web.Response:
         peer = peer_host(request.remote or "?")
-        if self._busy >= self.soap.max_requests:
-            log.warning("OIP SOAP: %s refused: %d requests are being handled "
-                        "(oip.soap.max_requests)", peer, self._busy)
-            return self._fault(0, Refusal.BUSY, f"busy: {self._busy} requests in progress "
-                               "(oip.soap.max_requests); try again", status=503, close=True)
-        self._busy += 1
-        try:
-            return await self._post_admitted(request, peer)
-        finally:
-            self._busy -= 1
-
-    async def _post_admitted(self, request: web.Request, peer: str) -> web.Response:
         try:
             body = await self._read(request)
         except TimeoutError:
@@ -171,11 +163,20 @@ class OipSoapServer:
                                status=400, close=True)
         if body is None:
             return self._too_large(peer)
+        # a request counts once its body is in (a slow sender is bounded by the 408 above)
+        if self._busy >= self.soap.max_requests:
+            log.warning("OIP SOAP: %s refused: %d requests are being handled "
+                        "(oip.soap.max_requests)", peer, self._busy)
+            return self._fault(0, Refusal.BUSY, f"busy: {self._busy} requests in progress "
+                               "(oip.soap.max_requests); try again", status=503)
+        self._busy += 1
         try:
             return await self._request(body, peer, request.charset)
         except Exception as exc:  # a bug on this request: a soap:Server Fault carrying NAK 99
             log.exception("OIP SOAP: %s request failed", peer)
             return self._fault(0, Refusal.INTERNAL, internal_text(exc))
+        finally:
+            self._busy -= 1
 
     async def _request(self, body: bytes, peer: str, charset: str | None) -> web.Response:
         try:

@@ -5,8 +5,9 @@ Per connection, packets are handled in order: each decoded command goes to
 packets the codec refuses are NAKed without reaching the station. The connection survives a
 NAK. A connection silent for ``idle_timeout_s`` (or not reading its replies for that long)
 is closed. Peers outside ``allowed_peers`` are closed at once; past ``max_connections`` a
-peer gets ``NAK 12 busy`` (tsn 0) and is closed; both are checked before a TLS handshake,
-which must then complete within ``idle_timeout_s``. One connection's failure never touches
+peer gets ``NAK 12 busy`` (tsn 0) and is closed. ``allowed_peers`` is checked before a TLS
+handshake, which must complete within ``tls_handshake_timeout_s``; ``max_connections`` after
+it (so that a busy TLS peer can read its NAK). One connection's failure never touches
 another: each has its own task, decoder and buffer, its replies go out in one write per
 received chunk, it gives the event loop back at least every ``YIELD_EVERY`` packets, and only
 its first ``LOGGED_REFUSALS`` refusals are logged one by one (the rest are counted on the
@@ -45,22 +46,25 @@ REFUSAL_SUMMARY_S = 60.0
 
 
 class _Refusals:
-    """Per-connection refusal logging: the first LOGGED_REFUSALS one by one, then a summary
-    line at most every REFUSAL_SUMMARY_S and at the end."""
+    """Per-connection refusal logging (the codec's and the station's NAKs): the first
+    LOGGED_REFUSALS one by one, then a summary line at most every REFUSAL_SUMMARY_S and at
+    the end."""
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.logged = 0
         self.unlogged = 0
-        self.since = time.monotonic()
+        self.since = 0.0  # time.monotonic() of the first refusal not logged one by one
 
-    def log(self, tsn: int, detail: str) -> None:
+    def log(self, level: int, text: str, *args: object) -> None:
         if self.logged < LOGGED_REFUSALS:
             self.logged += 1
-            log.warning("OIP TCP: %s tsn %d refused: %s%s", self.host, tsn, detail,
-                        "; further refusals on this connection are summed up"
-                        if self.logged == LOGGED_REFUSALS else "")
+            if self.logged == LOGGED_REFUSALS:
+                text += "; further refusals on this connection are summed up"
+            log.log(level, text, *args)
             return
+        if not self.unlogged:
+            self.since = time.monotonic()
         self.unlogged += 1
         if time.monotonic() - self.since >= REFUSAL_SUMMARY_S:
             self.flush()
@@ -71,7 +75,6 @@ class _Refusals:
                         "one by one; counted in oip_naks)", self.host, self.unlogged,
                         time.monotonic() - self.since)
         self.unlogged = 0
-        self.since = time.monotonic()
 
 
 class OipTcpServer:
@@ -139,12 +142,24 @@ class OipTcpServer:
         self._tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
         host = peer_host(str(peer[0]))
+        handshaking = False
         try:
             if not self.peers.allows(host):
                 log.warning("OIP TCP: refused %s (not in oip.tcp.allowed_peers)", host)
                 self.board.incr("oip_peers_refused")
                 return
-            if len(self._active) >= self.tcp.max_connections:
+            if self._ssl is not None:
+                handshaking = True  # a stop now must abort, not wait for the socket to close
+                try:
+                    await writer.start_tls(
+                        self._ssl, ssl_handshake_timeout=self.tcp.tls_handshake_timeout_s)
+                except (OSError, TimeoutError, ssl.SSLError) as exc:
+                    log.warning("OIP TCP: %s: TLS handshake failed: %s", host,
+                                exc or type(exc).__name__)
+                    writer.transport.abort()
+                    return
+                handshaking = False
+            if len(self._active) >= self.tcp.max_connections:  # told over TLS when TLS is on
                 log.warning("OIP TCP: refused %s: %d connections already", host,
                             len(self._active))
                 self.board.incr("oip_naks")
@@ -153,15 +168,6 @@ class OipTcpServer:
                     await asyncio.wait_for(writer.drain(), 1.0)
                 return
             self._active.add(task)
-            if self._ssl is not None:
-                try:
-                    await writer.start_tls(self._ssl,
-                                           ssl_handshake_timeout=self.tcp.idle_timeout_s)
-                except (OSError, TimeoutError, ssl.SSLError) as exc:
-                    log.warning("OIP TCP: %s: TLS handshake failed: %s", host,
-                                exc or type(exc).__name__)
-                    writer.transport.abort()
-                    return
             log.info("OIP TCP: %s:%s connected%s", host, peer[1],
                      " (TLS)" if self._ssl is not None else "")
             await self._session(reader, writer, host)
@@ -170,16 +176,22 @@ class OipTcpServer:
         finally:
             self._active.discard(task)
             self._tasks.discard(task)
-            # close() sends what is still buffered first (committed replies, e.g. PRINT
-            # serials, to a peer that half-closed); a peer that does not take them within
-            # the idle timeout is cut off
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), self.tcp.idle_timeout_s)
-            except TimeoutError:
+            if handshaking:  # cancelled mid-handshake: the stream never learns of the close
                 writer.transport.abort()
-            except OSError:
-                pass
+            else:
+                await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """close() sends what is still buffered first (committed replies, e.g. PRINT serials,
+        to a peer that half-closed); a peer that does not take them within the idle timeout
+        is cut off."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self.tcp.idle_timeout_s)
+        except TimeoutError:
+            writer.transport.abort()
+        except OSError:
+            pass
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        host: str) -> None:
@@ -228,13 +240,14 @@ class OipTcpServer:
                         writer.write(b"".join(replies))
                         replies.clear()
                     try:
-                        reply = await self._handle(event, host)
+                        reply = await self._handle(event, host, refusals)
                     except Exception as exc:  # a bug on one packet: NAK it, keep the peer
                         log.exception("OIP TCP: %s tsn %d %s failed", host, event.header.tsn,
                                       event.header.cmd)
                         reply = self._internal(event.header.tsn, exc)
                 elif isinstance(event, Refused):
-                    refusals.log(event.tsn, event.detail)
+                    refusals.log(logging.WARNING, "OIP TCP: %s tsn %d refused: %s", host,
+                                 event.tsn, event.detail)
                     self.board.incr("oip_naks")
                     reply = encode_nak(event.tsn, event.refusal, event.detail)
                 else:
@@ -263,14 +276,14 @@ class OipTcpServer:
         self.board.incr("oip_naks")
         return encode_nak(tsn, Refusal.INTERNAL, internal_text(exc))
 
-    async def _handle(self, packet: Packet, host: str) -> bytes:
+    async def _handle(self, packet: Packet, host: str, refusals: _Refusals) -> bytes:
         self.board.incr("oip_frames_in")
         origin = Origin("tcp", host, packet.header.tsn, packet.payload_hash)
         reply = await call_station(self.station, packet.command, origin)
         if isinstance(reply, Nak):
             self.board.incr("oip_naks")
-            log.info("OIP TCP: %s tsn %d %s NAK: %s", host, packet.header.tsn,
-                     packet.header.cmd, reply.text)
+            refusals.log(logging.INFO, "OIP TCP: %s tsn %d %s NAK: %s", host,
+                         packet.header.tsn, packet.header.cmd, reply.text)
         try:
             return encode_reply(packet.header.tsn, reply)
         except LocalProtocolError as exc:  # e.g. a serial number OIP cannot carry

@@ -57,9 +57,12 @@ from gateway.model import (
 
 NS = "urn:linegate:oip:1.05"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP_NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 BODY_ELEMENTS = {"ORDER": "AORDER", "LOGIN": "ALOGIN", "DATA": "ADATA", "PRINT": "APRINT",
                  "PING": None, "INIT": None}
 MAX_TEXT = 200  # characters of a NAK or Fault text (PROTOCOL.md §4)
+_INT32_TEXT = re.compile(r"[+-]?[0-9]{1,10}")
+_BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 
 
 class EnvelopeError(OipError):
@@ -82,6 +85,11 @@ def parse_xml(body: bytes, encoding: str | None = None) -> etree._Element:
     """Parse untrusted XML: a document with a DTD (and so any entity declaration) is refused,
     nothing is loaded, fetched or expanded. ``encoding`` (the HTTP charset, which is
     authoritative for text/xml) overrides what the document says."""
+    if encoding is not None:
+        if body.startswith(_BOMS):
+            encoding = None  # a byte order mark takes precedence (RFC 7303 §3.2)
+        elif encoding.lower().replace("-", "") in ("usascii", "ascii"):
+            encoding = "utf-8"  # ASCII labels on UTF-8 bodies are common; UTF-8 is a superset
     try:
         root = etree.fromstring(body, _parser(encoding))
     except etree.XMLSyntaxError as exc:
@@ -109,7 +117,7 @@ def _local(el: etree._Element) -> str:
 # shape would otherwise be committed with values from the wrong place.
 _MANY = 1 << 30
 SHAPES: dict[str, dict[str, tuple[int, int]]] = {
-    "OIPHEAD": {"cmd": (1, 1), "code": (1, 1), "tsn": (1, 1), "length": (0, 1)},
+    "OIPHEAD": {"cmd": (1, 1), "code": (1, 1), "tsn": (1, 1), "length": (0, _MANY)},
     "AORDER": {**{name: (1, 1) for name in ("Ordnr", "Sts", "Seq", "VIN", "intclr", "dst",
                                             "drv", "prdline", "AIList")}},
     "Sts": {"min": (1, 1), "max": (1, 1)},
@@ -206,6 +214,9 @@ def decode_envelope(root: etree._Element) -> tuple[Header, Command]:
                             "Envelope")
     soap_header = root.find(f"{{{SOAP_ENV}}}Header")
     for entry in soap_header if soap_header is not None else ():
+        actor = entry.get(f"{{{SOAP_ENV}}}actor") if isinstance(entry.tag, str) else None
+        if actor not in (None, "", SOAP_NEXT_ACTOR):
+            continue  # addressed to another SOAP node (SOAP 1.1 §4.2.2), not to this one
         if isinstance(entry.tag, str) and entry.get(f"{{{SOAP_ENV}}}mustUnderstand") == "1":
             raise EnvelopeError(f"SOAP Header entry {show_text(str(entry.tag))} has "
                                 "mustUnderstand=\"1\"; this endpoint understands no header "
@@ -233,10 +244,10 @@ def decode_head(head: etree._Element) -> Header:
         part = _Part(head, "OIPHEAD")
         cmd = part.text("cmd")
         code = parse_int(part.text("code"), "OIPHEAD/code", INT16)
-        # informational (PROTOCOL.md): read when it is an integer, never a reason to refuse
-        text = part.text("length")
-        length = int(text) if text.isascii() and text.lstrip("-").isdigit() \
-            and len(text) < 12 else 0
+        # informational (PROTOCOL.md): read when it is one integer, never a reason to refuse
+        found = part.children.get("length", [])
+        text = (found[0].text or "").strip() if len(found) == 1 and not len(found[0]) else ""
+        length = int(text) if _INT32_TEXT.fullmatch(text) else 0
         if not 1 <= len(cmd) <= 8:
             raise malformed(f"OIPHEAD/cmd: {len(cmd)} characters; 1..8 expected")
         if cmd not in COMMANDS:
