@@ -167,6 +167,7 @@ class Refusal(enum.Enum):
     RESERVE_EMPTY = "serial number reserve empty"
     BUSY = "busy"
     SERIAL_SCRAPPED = "serial number already reported scrapped"
+    SERIAL_CONFLICT = "serial number not usable here"
     INTERNAL = "internal error"
 
 
@@ -268,9 +269,12 @@ class Aggregation:
 
 
 OMIT = "_omit"  # see NewMessage
-# what a serial-number reserve answers for a DATA NOK on a label it already reported scrapped
-# (gateway.station.SerialReserve.mark_used_in); a real answer has a non-empty selection
-ALREADY_SCRAPPED: tuple[str, str] = ("", "")
+# what a serial-number reserve answers for a DATA NOK on a label whose fate upstream already
+# knows or that is not this order's (reported scrapped, already used, printed for another
+# order): the result is recorded, no event is sent (gateway.station.SerialReserve.mark_used_in);
+# a real answer has a non-empty selection
+ALREADY_REPORTED: tuple[str, str] = ("", "")
+ALREADY_SCRAPPED = ALREADY_REPORTED
 
 
 @dataclass(frozen=True)

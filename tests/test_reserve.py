@@ -14,7 +14,7 @@ import pytest
 from asyncua import ua
 
 from adapters.openscs.client import OpenScsClient
-from adapters.openscs.reserve import Reserve
+from adapters.openscs.reserve import AVAILABLE, USED, Reserve
 from adapters.openscs.upstream import OpenScsUpstream
 from gateway.board import StatusBoard
 from gateway.delivery import Delivery
@@ -188,6 +188,23 @@ async def test_serve_refills_when_a_print_drains_the_reserve(rig: Rig) -> None:
             await task
 
 
+async def test_a_print_larger_than_the_reserve_gets_a_refill_to_its_size(rig: Rig) -> None:
+    """A refused PRINT count above what is left (level above low_water) or above fill_to got
+    NAK 11 "refill requested" for ever: no refill ran. Now the next round refills to it."""
+    await rig.reserve.run_once()
+    assert rig.reserve.level(GTIN) == 30  # fill_to 30, low_water 10
+    await rig.take("ORDER-1", 15)  # 15 left: above low_water, no refill due
+    for count in (20, 45):  # above the level, then above fill_to
+        with pytest.raises(RemoteProtocolError) as refused:
+            await rig.take(f"ORDER-{count}", count)
+        assert refused.value.refusal is Refusal.RESERVE_EMPTY
+        assert f"refill to at least {max(count, 30)} is requested" in str(refused.value)
+        await rig.reserve.run_once()
+        assert len(await rig.take(f"ORDER-{count}", count)) == count
+    await rig.reserve.run_once()  # nothing is wanted any more: back to fill_to
+    assert rig.reserve.level(GTIN) == 30
+
+
 async def test_a_refill_that_fails_on_a_later_page_keeps_the_earlier_pages(
         tmp_path: Path) -> None:
     """SNRequestAllocated split at MaxSNRequestable 5: pages 1 and 2 arrive, page 3 times out.
@@ -314,8 +331,10 @@ async def test_two_selections_may_hold_the_same_serial_numbers(rig: Rig) -> None
     came = await rig.submit(lambda c: both.mark_used_in(c, serial, True, "O-1"))
     assert came == (other, other_pool)
     left = await rig.submit(lambda c: c.execute(
-        "SELECT selection, state FROM reserve_serials WHERE serial=?", (serial,)).fetchall())
-    assert left == [(GTIN, 0)]  # the first selection's equal number is still available
+        "SELECT selection, state FROM reserve_serials WHERE serial=? ORDER BY selection",
+        (serial,)).fetchall())
+    # the first selection's equal number is still available; the label is remembered as used
+    assert left == [(GTIN, AVAILABLE), (other, USED)]
 
 
 async def test_a_reserve_table_keyed_by_serial_alone_is_rebuilt_with_its_rows(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.oip.codec import NAK_CODES
 from adapters.oip.pattern import match_pattern
 from gateway.board import StatusBoard
 from gateway.model import (
@@ -338,7 +339,7 @@ async def reserve_station(tmp_path: Path) -> tuple[
 async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(tmp_path):
     """Order close = a new ORDER, INIT or the explicit close: serial numbers issued to the
     closed order and never used are marked for return (the reserve's loop sends them)."""
-    from adapters.openscs.reserve import RETURNING
+    from adapters.openscs.reserve import RETURNING, USED
 
     outbox, station, states = await reserve_station(tmp_path)
     first, second = ORDER, dataclasses.replace(ORDER, Ordnr="ZI000002")
@@ -348,7 +349,7 @@ async def test_unused_printed_serials_return_at_new_order_and_at_explicit_close(
     assert await station.handle(used, origin(3)) == Ack()
     assert await station.handle(LoadOrder(second), origin(4)) == Ack()  # closes the first
     now = await states()
-    assert printed.serials[0] not in now  # used: it left the reserve
+    assert now[printed.serials[0]] == (USED, first.Ordnr)  # used: remembered, not returned
     assert [now[s] for s in printed.serials[1:]] == [(RETURNING, first.Ordnr)] * 2
     again = await station.handle(PrintRequest(second.Ordnr, "GTIN1", 1), origin(5))
     assert await station.close_order() == second.Ordnr
@@ -385,6 +386,7 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
         CLOSED_UNUSED,
         SCRAPPED,
         SCRAPPED_MEMORY_S,
+        USED,
     )
 
     outbox, station, states = await reserve_station(tmp_path)
@@ -416,33 +418,40 @@ async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_
     assert station._board.counters["events_committed"] == counted
 
     assert await station.handle(LoadOrder(other), origin(9)) == Ack()
-    assert await ok(other, printed.serials[1], 10) == Ack()  # scrapped for ORDER, not this
+    # a label printed for ORDER and reported scrapped there is not this order's either
+    reply = await ok(other, printed.serials[1], 10)
+    assert isinstance(reply, Nak) and reply.refusal is Refusal.SERIAL_SCRAPPED
+    assert f"printed for another order (order {ORDER.Ordnr}" in reply.text
+    # a number the reserve holds unprinted: taken out (never printed later), its pool named
     unprinted = sorted(s for s, (st, _) in (await states()).items() if st == AVAILABLE)[-1]
-    assert await ok(other, unprinted, 11) == Ack()  # an equal number of another pool
-    # a label printed for an order closed just now (not yet reported scrapped) is treated
-    # the same: taken as another pool's label, the closed order's row stays to be scrapped
+    assert await ok(other, unprinted, 11) == Ack()
+    assert (await ok(other, unprinted, 15)).refusal is Refusal.SERIAL_CONFLICT  # used once
+    # a label printed for an order closed just now (not yet reported scrapped) neither: its
+    # order's close reports it scrapped
     third = dataclasses.replace(ORDER, Ordnr="ZI000003")
     left = (await station.handle(PrintRequest(other.Ordnr, "GTIN1", 1), origin(12))).serials[0]
     assert await station.handle(LoadOrder(third), origin(13)) == Ack()
-    assert await ok(third, left, 14) == Ack()
+    assert (await ok(third, left, 14)).refusal is Refusal.SERIAL_SCRAPPED
+    nok_left = StepResult(third.Ordnr, "G5A1", 1, 10, 2, False, left)
+    assert await station.handle(nok_left, origin(16)) == Ack()  # recorded, no event
     now = await states()
-    assert now[printed.serials[1]][0] == SCRAPPED and now[unprinted][0] == AVAILABLE
+    assert now[printed.serials[1]][0] == SCRAPPED and now[unprinted] == (USED, other.Ordnr)
     assert now[left] == (CLOSED_UNUSED, other.Ordnr)
     events = [(m.kind, m.body["serials"], m.body["pool"]) for m in await _messages(outbox)
               if m.stream == "event"]
     assert events == [("LabelsScrappingEvent", list(printed.serials), "GTIN1"),
                       ("LabelsScrappingEvent", [label], "GTIN1"),
-                      ("SIDCommissioningEvent", [printed.serials[1]], ""),
-                      ("SIDCommissioningEvent", [unprinted], ""),
-                      ("SIDCommissioningEvent", [left], "")]
+                      ("SIDCommissioningEvent", [unprinted], "GTIN1")]
     results = [m for m in await _messages(outbox) if m.kind == "StepResult"]
     assert sum(1 for m in results if m.body["value"] == label and not m.body["ok"]) == 2
+    assert sum(1 for m in results if m.body["value"] == left) == 1  # the NOK
 
     month_ago = time.time() - SCRAPPED_MEMORY_S - 60
     await outbox.submit(hook=lambda c: c.execute(
-        "UPDATE reserve_serials SET added_at=? WHERE state=?", (month_ago, SCRAPPED)))
-    await station._reserve.refresh()  # forgets what was scrapped longer ago than the memory
-    assert not {*printed.serials, label} & set(await states())
+        "UPDATE reserve_serials SET added_at=? WHERE state IN (?, ?)",
+        (month_ago, SCRAPPED, USED)))
+    await station._reserve.refresh()  # forgets what was used or scrapped longer ago
+    assert not {*printed.serials, label, unprinted} & set(await states())
     await outbox.close()
 
 
@@ -626,3 +635,42 @@ async def test_print_resent_after_close_order_gets_the_same_serials(tmp_path):
         assert left.hook_result == 4  # nothing new was taken
     finally:
         await outbox.close()
+
+
+async def test_a_label_is_reported_once_and_only_where_it_is_unambiguous(tmp_path):
+    """A review found DATA that the upstream refuses later (dead letters, or a whole scrap
+    report refused): a label scanned for a second product, a NOK after an OK, and a number
+    two selections printed for one order. Each is refused on the wire or recorded without an
+    event instead."""
+    outbox, station, states = await reserve_station(tmp_path)
+
+    def data(serial: str, ok: bool, tsn: int) -> Awaitable[object]:
+        return station.handle(StepResult(ORDER.Ordnr, "G5A1", 1, 10, 2, ok, serial),
+                              origin(tsn))
+
+    assert await station.handle(LoadOrder(ORDER), origin(1)) == Ack()
+    label = (await station.handle(PrintRequest(ORDER.Ordnr, "GTIN1", 1), origin(2))).serials[0]
+    assert await data(label, True, 3) == Ack()
+    again = await data(label, True, 4)  # the same label on a second product
+    assert isinstance(again, Nak) and again.refusal is Refusal.SERIAL_CONFLICT
+    assert NAK_CODES[again.refusal] == 14 and "already used" in again.text
+    assert await data(label, False, 5) == Ack()  # recorded; it stays commissioned upstream
+
+    # the same number printed for this order from a second selection (SERIALONLY pools)
+    await outbox.submit(hook=lambda c: c.execute(
+        "INSERT INTO reserve_serials (serial, selection, state, ordnr, pool_id, added_at) "
+        "VALUES ('00000000005', 'GTIN2', 1, ?, 'P2', 0), ('00000000004', 'GTIN2', 1, ?, "
+        "'P2', 0)", (ORDER.Ordnr, ORDER.Ordnr)))
+    await outbox.submit(hook=lambda c: c.execute(
+        "UPDATE reserve_serials SET state=1, ordnr=? WHERE selection='GTIN1' AND serial IN "
+        "('00000000005', '00000000004')", (ORDER.Ordnr,)))
+    twice = await data("00000000005", True, 6)
+    assert isinstance(twice, Nak) and twice.refusal is Refusal.SERIAL_CONFLICT
+    assert "GTIN1, GTIN2" in twice.text
+    assert await data("00000000004", False, 7) == Ack()
+    events = [(m.kind, m.body["serials"]) for m in await _messages(outbox)
+              if m.stream == "event"]
+    assert events == [("SIDCommissioningEvent", [label])]  # nothing else went upstream
+    now = await states()
+    assert now[label] == (2, ORDER.Ordnr)
+    await outbox.close()

@@ -32,7 +32,9 @@ NAK reason codes (``NAK_CODES``, gateway.model.Refusal -> code)::
     10 pattern mismatch   DATA value does not match the validate-serial step's c pattern
     11 reserve empty      PRINT: the local serial-number reserve cannot supply the count
     12 busy               too many connections / station shutting down
-    13 serial scrapped    DATA OK on a label of the order already reported scrapped
+    13 serial scrapped    DATA OK on a label this gateway printed and reported scrapped
+    14 serial conflict    DATA OK on a label already used, printed for another order, or
+                          whose number this gateway holds for more than one pool
     99 internal error     a bug or unexpected failure; the text says what
 """
 
@@ -75,6 +77,7 @@ NAK_CODES: Final[dict[Refusal, int]] = {
     Refusal.RESERVE_EMPTY: 11,
     Refusal.BUSY: 12,
     Refusal.SERIAL_SCRAPPED: 13,
+    Refusal.SERIAL_CONFLICT: 14,
     Refusal.INTERNAL: 99,
 }
 REFUSALS_BY_CODE: Final = {code: refusal for refusal, code in NAK_CODES.items()}

@@ -9,13 +9,14 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     PRINT: hands out ``count`` available serial numbers of ``selection`` (oldest first) and
     records them as issued to ``Ordnr``. Raises ``RemoteProtocolError(Refusal.RESERVE_EMPTY)``
     when fewer are available; nothing is taken then. No network round trip.
-``mark_used_in(conn, serial, ok, Ordnr) -> (selection, pool_id) | None``
+``mark_used_in(conn, serial, ok, Ordnr) -> (selection, pool_id) | ALREADY_REPORTED | None``
     DATA OK/NOK on a validate-serial step: when the serial number is a label this gateway
-    printed for ``Ordnr`` it leaves the reserve (OK: used; NOK: remembered as reported
-    scrapped) and the selection and pool it came from are returned, so that the event names
-    that pool. For such a label already reported scrapped, a DATA OK raises
-    ``RemoteProtocolError(Refusal.SERIAL_SCRAPPED)`` (NAK 13) and a DATA NOK returns
-    ``ALREADY_SCRAPPED`` (its event is left out).
+    printed for ``Ordnr`` (or a number it holds unprinted) it is marked used (OK) or
+    scrapped (NOK) and the selection and pool it came from are returned, so that the event
+    names that pool. A label already used or reported scrapped, printed for another order,
+    or a number held for several pools is never reported again: a DATA OK is refused (NAK 13
+    or 14), a DATA NOK is recorded without an event. A number the reserve never held is a
+    foreign label (None: pool "").
 ``close_order_in(conn, Ordnr)``
     ORDER (closing the previous order), INIT or an explicit close: serial numbers issued to
     ``Ordnr`` and never reported by DATA are marked closed-unused. They were handed to the
@@ -41,12 +42,13 @@ failing selection is in the ``reserve_error`` alarm (``{selection: reason}``) un
 it succeeds. A PRINT refused for an empty reserve says the refill state: never refilled yet,
 in progress, the last failure or refusal (with the next try), or when the last one came.
 
-Row states: 0 available, 1 issued to an order (printed), 3 closed unused (to be reported
-scrapped), 4 reported scrapped (queued as a LabelsScrappingEvent: order closed unused, or
-a DATA NOK). Used serial numbers are deleted; scrapped ones are remembered for
-``SCRAPPED_MEMORY_S`` (``added_at`` then holds when) so that a DATA OK scanning such a label
-on its order is refused (NAK 13) instead of commissioning a label the upstream was told is
-destroyed. Rows are keyed by (selection, serial): SERIALONLY pools hand out equal numbers.
+Row states: 0 available, 1 issued to an order (printed), 2 used (a DATA OK reported it
+commissioned), 3 closed unused (to be reported scrapped), 4 reported scrapped (queued as a
+LabelsScrappingEvent: order closed unused, or a DATA NOK). Used and scrapped rows are
+remembered for ``SCRAPPED_MEMORY_S`` (``added_at`` then holds when) so that scanning such a
+label again is refused (NAK 13 / 14) instead of reported upstream twice (the upstream would
+refuse it: a dead letter). Rows are keyed by (selection, serial): SERIALONLY pools hand out
+equal numbers.
 """
 
 from __future__ import annotations
@@ -65,13 +67,17 @@ from adapters.openscs.results import Decision
 from gateway import board as board_keys
 from gateway.board import StatusBoard
 from gateway.errors import RemoteProtocolError, StoreFull
-from gateway.model import ALREADY_SCRAPPED, NewMessage, Refusal, SerialNumberState
+from gateway.model import ALREADY_REPORTED, NewMessage, Refusal, SerialNumberState
 from gateway.settings import ReserveSettings
 
 log = logging.getLogger(__name__)
 
-AVAILABLE, ISSUED, CLOSED_UNUSED, SCRAPPED = 0, 1, 3, 4
-SCRAPPED_MEMORY_S = 30 * 86400.0  # how long a reported-scrapped serial number is remembered
+AVAILABLE, ISSUED, USED, CLOSED_UNUSED, SCRAPPED = 0, 1, 2, 3, 4
+# how long a used (DATA OK) or reported-scrapped label is remembered, so that scanning it
+# again is refused instead of reported upstream a second time
+SCRAPPED_MEMORY_S = 30 * 86400.0
+_STATE_TEXT = {ISSUED: "printed", USED: "used", CLOSED_UNUSED: "order closed, to be reported "
+               "scrapped", SCRAPPED: "reported scrapped"}
 RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, not returned
 STREAM_POOL = "pool"
 STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
@@ -80,7 +86,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserve_serials (
     serial TEXT NOT NULL,
     selection TEXT NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 3 closed unused, 4 scrapped
+    state INTEGER NOT NULL DEFAULT 0,  -- 0 available, 1 issued, 2 used, 3 closed unused,
+                                       -- 4 scrapped
     ordnr TEXT NOT NULL DEFAULT '',
     pool_id TEXT NOT NULL DEFAULT '',  -- AssociatedPoolID the upstream handed them out from
     added_at REAL NOT NULL,
@@ -89,14 +96,12 @@ CREATE TABLE IF NOT EXISTS reserve_serials (
 );
 CREATE INDEX IF NOT EXISTS reserve_by_state ON reserve_serials (selection, state, added_at);
 CREATE INDEX IF NOT EXISTS reserve_by_serial ON reserve_serials (serial);
+CREATE INDEX IF NOT EXISTS reserve_by_age ON reserve_serials (state, added_at);
 CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 """
-# A DATA names a serial number only. It is taken for a label this gateway printed for the
-# current order (issued, closed unused, reported scrapped: one row, as a selection's numbers
-# are unique and a PRINT issues only to the current order), never for an available number
-# (no label carries it yet) nor for a label printed for another order: SERIALONLY pools hand
-# out equal numbers, so an equal number is most likely another pool's label.
-_USE_RANK = {ISSUED: 0, CLOSED_UNUSED: 1, SCRAPPED: 2}
+# A DATA names a serial number only; with SERIALONLY pools equal numbers exist in several
+# pools, so a number is attributed only where that is unambiguous (see mark_used_in).
+_LABELS = (ISSUED, USED, CLOSED_UNUSED, SCRAPPED)  # printed by this gateway
 
 
 @dataclass
@@ -159,6 +164,7 @@ class Reserve:
         self._settings = settings
         self._levels: dict[str, int] = {s: 0 for s in settings.selections}
         self._tokens: dict[str, str] = {}
+        self._wanted: dict[str, int] = {}  # selection -> the largest PRINT count refused
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._schema_ready = False
@@ -190,7 +196,8 @@ class Reserve:
         """What the refill of ``selection`` is doing, for an operator reading a NAK."""
         st = self._refills.get(selection)
         if st is not None and st.running:
-            return "upstream refill in progress"
+            return "upstream refill in progress" + (
+                f"; the last one failed: {st.error}" if st.error else "")
         if st is not None and st.refused:
             wait = max(0.0, st.retry_at - time.monotonic())
             return f"upstream refused the refill: {st.error}; next try in {wait:.0f} s"
@@ -199,7 +206,8 @@ class Reserve:
         if st is None or st.last_ok_at is None:
             return "never refilled yet; refill requested"
         ago = max(0.0, time.time() - st.last_ok_at)
-        return (f"last upstream refill {ago:.0f} s ago brought {st.last_added}; refill "
+        return (f"last upstream refill {ago:.0f} s ago brought {st.last_added}; a refill to "
+                f"at least {max(self._wanted.get(selection, 0), self._settings.fill_to)} is "
                 "requested")
 
     def _publish(self) -> None:
@@ -224,6 +232,9 @@ class Reserve:
             self._levels[selection] = len(rows)
             self._poke()
         if len(rows) < count:
+            # refill at least to what was asked, even when the level is above low_water or
+            # the count above fill_to (it would otherwise never come)
+            self._wanted[selection] = max(self._wanted.get(selection, 0), count)
             self._poke()
             raise RemoteProtocolError(
                 Refusal.RESERVE_EMPTY,
@@ -237,45 +248,97 @@ class Reserve:
         (left,) = conn.execute("SELECT COUNT(*) FROM reserve_serials WHERE selection=? AND "
                                "state=?", (selection, AVAILABLE)).fetchone()
         self._levels[selection] = int(left)
+        self._wanted.pop(selection, None)
         if left < self._settings.low_water:
             self._poke()
         return serials
 
     def mark_used_in(self, conn: sqlite3.Connection, serial: str, ok: bool = True,
                      ordnr: str = "") -> tuple[str, str] | None:
-        """DATA OK/NOK of ``serial`` on order ``ordnr``: when it is a label this gateway
-        printed for that order, returns its (selection, pool_id) and takes it out of the
-        reserve (OK: used; NOK: remembered as reported scrapped, the DATA's own event reports
-        it); otherwise None. For a label already reported scrapped (the order was closed with
-        it unused and loaded again, or an earlier DATA NOK): a DATA OK is refused
-        (RemoteProtocolError, NAK 13) and a DATA NOK returns ``ALREADY_SCRAPPED`` (nothing
-        new to report)."""
+        """DATA OK/NOK of ``serial`` on order ``ordnr``. Returns the (selection, pool_id) the
+        label's event names, ``ALREADY_REPORTED`` (record the result, send no event) or None
+        (not a number of this gateway: a foreign label, pool ""). Raises RemoteProtocolError
+        for a DATA OK that must not be commissioned: NAK 13 (SERIAL_SCRAPPED) or NAK 14
+        (SERIAL_CONFLICT). The rows of the number, in this order:
+
+        - a label printed for ``ordnr`` (one selection): OK marks it used, NOK scrapped (both
+          remembered for SCRAPPED_MEMORY_S); already scrapped: OK is NAK 13, NOK reports
+          nothing new; already used: OK is NAK 14 (a label is used once), NOK reports nothing
+          (it is commissioned); printed for ``ordnr`` from several selections: NAK 14 for OK
+          (the number does not tell which label), nothing reported for NOK;
+        - a label printed for another order: OK is NAK 13 when it was reported scrapped (the
+          close of that order does that), else NAK 14; NOK reports nothing (that order's
+          close reports it);
+        - a number the reserve holds unprinted, in one selection: taken out of the reserve
+          (so it is never printed) and reported from that pool; in several: as ambiguous.
+        """
         self._ensure(conn)
         rows = conn.execute(
             "SELECT selection, pool_id, state, ordnr FROM reserve_serials WHERE serial=?",
             (serial,)).fetchall()
-        ours = [r for r in rows if r[2] in _USE_RANK and r[3] == ordnr]
-        if not ours:
-            printed = sorted({f"{r[3]} ({r[0]})" for r in rows if r[2] in _USE_RANK})
-            if printed:
-                log.warning("DATA of serial %s on order %s: this gateway printed the same "
-                            "number for order(s) %s; taken as another pool's label", serial,
-                            ordnr, ", ".join(printed))
-            return None
-        selection, pool_id, state, _ = min(ours, key=lambda r: (_USE_RANK[r[2]], r[0]))
-        if state == SCRAPPED:
+        labels = [r for r in rows if r[2] in _LABELS]
+        mine = [r for r in labels if r[3] == ordnr]
+        others = [r for r in labels if r[3] != ordnr]
+        unprinted = [r for r in rows if r[2] == AVAILABLE]
+        verb = "OK" if ok else "NOK"
+        if len({r[0] for r in mine}) > 1 or (not mine and not others and len(unprinted) > 1):
+            pools = ", ".join(sorted({r[0] for r in (mine or unprinted)}))
             if ok:
                 raise RemoteProtocolError(
-                    Refusal.SERIAL_SCRAPPED,
-                    f"serial {serial} (printed for order {ordnr}, selection {selection}) was "
-                    "reported scrapped upstream: do not use this label")
-            return ALREADY_SCRAPPED
-        if ok:
-            conn.execute("DELETE FROM reserve_serials WHERE selection=? AND serial=?",
-                         (selection, serial))
+                    Refusal.SERIAL_CONFLICT,
+                    f"serial {serial} is held by this gateway in several selections ({pools}): "
+                    "the number alone does not tell which label this is; apply a new label")
+            log.warning("DATA NOK of serial %s on order %s: the number is in several "
+                        "selections (%s); result recorded, no LabelsScrappingEvent", serial,
+                        ordnr, pools)
+            return ALREADY_REPORTED
+        if mine:
+            selection, pool_id, state, _ = mine[0]
+            if state == SCRAPPED:
+                if ok:
+                    raise RemoteProtocolError(
+                        Refusal.SERIAL_SCRAPPED,
+                        f"serial {serial} (printed for order {ordnr}, selection {selection}) "
+                        "was reported scrapped upstream: do not use this label")
+                return ALREADY_REPORTED
+            if state == USED:
+                if ok:
+                    raise RemoteProtocolError(
+                        Refusal.SERIAL_CONFLICT,
+                        f"serial {serial} (printed for order {ordnr}, selection {selection}) "
+                        "was already used by a DATA OK: a label is used once; apply a new one")
+                log.warning("DATA NOK of serial %s on order %s: that label was already used "
+                            "(commissioned); result recorded, no LabelsScrappingEvent", serial,
+                            ordnr)
+                return ALREADY_REPORTED
+        elif others:
+            where = "; ".join(sorted({f"order {r[3]}, selection {r[0]}: {_STATE_TEXT[r[2]]}"
+                                      for r in others}))
+            if ok:
+                scrapped = any(r[2] in (SCRAPPED, CLOSED_UNUSED) for r in others)
+                raise RemoteProtocolError(
+                    Refusal.SERIAL_SCRAPPED if scrapped else Refusal.SERIAL_CONFLICT,
+                    f"serial {serial} is a label this gateway printed for another order "
+                    f"({where}), not for order {ordnr}: apply a new label")
+            log.warning("DATA %s of serial %s on order %s: a label printed for another order "
+                        "(%s); result recorded, no event (that order reports it)", verb, serial,
+                        ordnr, where)
+            return ALREADY_REPORTED
+        elif unprinted:
+            selection, pool_id, _, _ = unprinted[0]
+            log.warning("DATA %s of serial %s on order %s: this gateway never printed that "
+                        "number but holds it unprinted (selection %s): taken out of the "
+                        "reserve so that it is never printed, reported from that pool", verb,
+                        serial, ordnr, selection)
         else:
-            conn.execute("UPDATE reserve_serials SET state=?, added_at=? WHERE selection=? AND "
-                         "serial=?", (SCRAPPED, time.time(), selection, serial))
+            return None
+        conn.execute("UPDATE reserve_serials SET state=?, ordnr=?, added_at=? WHERE "
+                     "selection=? AND serial=?",
+                     (USED if ok else SCRAPPED, ordnr, time.time(), selection, serial))
+        if unprinted and not mine:
+            (left,) = conn.execute("SELECT COUNT(*) FROM reserve_serials WHERE selection=? AND "
+                                   "state=?", (selection, AVAILABLE)).fetchone()
+            self._levels[selection] = int(left)
         return str(selection), str(pool_id)
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
@@ -317,8 +380,10 @@ class Reserve:
         now = time.monotonic()
         for selection, level in sorted(self._levels.items()):
             st = self._refills.get(selection)
-            if level < self._settings.low_water and (st is None or now >= st.retry_at):
-                await self.refill(selection, self._settings.fill_to - level)
+            wanted = self._wanted.get(selection, 0)  # a PRINT asked for more than there is
+            low = max(self._settings.low_water, wanted)
+            if level < low and (st is None or now >= st.retry_at):
+                await self.refill(selection, max(self._settings.fill_to, wanted) - level)
         self._publish()
 
     async def refresh(self) -> dict[str, int]:
@@ -329,8 +394,9 @@ class Reserve:
             for s, n in conn.execute("SELECT selection, COUNT(*) FROM reserve_serials "
                                      "WHERE state=? GROUP BY selection", (AVAILABLE,)):
                 counts[s] = int(n)
-            conn.execute("DELETE FROM reserve_serials WHERE state=? AND added_at<?",
-                         (SCRAPPED, time.time() - SCRAPPED_MEMORY_S))
+            for state in (USED, SCRAPPED):  # reserve_by_age: no table scan
+                conn.execute("DELETE FROM reserve_serials WHERE state=? AND added_at<?",
+                             (state, time.time() - SCRAPPED_MEMORY_S))
             return counts
 
         self._levels.update(await self._hook(read))
