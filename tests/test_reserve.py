@@ -227,6 +227,70 @@ async def test_a_refill_that_fails_on_a_later_page_keeps_the_earlier_pages(
             await outbox.close()
 
 
+async def test_each_page_is_stored_before_the_next_is_requested(tmp_path: Path) -> None:
+    """Serial numbers handed out upstream are Allocated there: a page must be in the outbox
+    file before the next page is asked for, so that a kill or a lost reply mid-refill loses
+    at most the page in flight (not the pages that already arrived)."""
+    async with running_server(tmp_path / "srv", max_requestable=5) as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        db = tmp_path / "o.sqlite"
+        outbox = await Outbox.open(StoreSettings(path=db))
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=15))
+        stored_when_asked: list[int] = []
+        dispatch = srv._dispatch
+
+        def counting(name: str, args: list[object]) -> object:
+            if name == "SNRequestAllocated":
+                with sqlite3.connect(db) as conn:  # what is committed, seen from outside
+                    stored_when_asked.append(conn.execute(
+                        "SELECT COUNT(*) FROM reserve_serials").fetchone()[0])
+            return dispatch(name, args)
+
+        srv._dispatch = counting
+        try:
+            await reserve.run_once()
+        finally:
+            await client.close()
+            await outbox.close()
+    assert stored_when_asked == [0, 5, 10]
+    assert reserve.level("G") == 15
+
+
+async def test_an_interrupted_refill_is_reported_at_the_next_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A refill in flight when the gateway died leaves its marker: the next start logs an
+    ERROR naming the possible loss and raises the reserve_error alarm until a refill of that
+    selection works again."""
+    from adapters.openscs.reserve import REFILL_MARKER
+
+    async with running_server(tmp_path / "srv") as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        board = StatusBoard()
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=20), board=board)
+        try:
+            await reserve.run_once()  # a normal refill leaves no marker behind
+            assert await reserve.interrupted_refills() == {}
+            await outbox.submit(state={REFILL_MARKER + "G": json.dumps(
+                {"count": 20, "at": 0.0})})  # as a killed refill leaves it
+            found = await reserve.interrupted_refills()
+            assert "up to 20 serial numbers may be Allocated upstream" in found["G"]
+            assert "interrupted" in _alarms(board)["reserve_error"]["G"]
+            assert any(r.levelname == "ERROR" and "interrupted" in r.getMessage()
+                       for r in caplog.records)
+            assert REFILL_MARKER + "G" not in await outbox.get_state()
+            await outbox.submit(hook=lambda c: c.execute("DELETE FROM reserve_serials"))
+            await reserve.run_once()  # a refill that works clears the alarm
+            assert reserve.level("G") == 20 and "reserve_error" not in _alarms(board)
+        finally:
+            await client.close()
+            await outbox.close()
+
+
 def _alarms(board: StatusBoard) -> dict[str, object]:
     return json.loads(str(board_values(board, None)["alarms"]))
 

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from asyncua import ua
@@ -96,6 +96,9 @@ class RequestResult:
     collection: SNCollection | None = None
     token: str = ""  # a ReturnedRequestToken still outstanding (PARTIAL)
     calls: int = 0
+
+
+PageHandler = Callable[[tuple[str, ...], SNCollection | None], Awaitable[None]]
 
 
 @dataclass
@@ -388,11 +391,14 @@ class OpenScsClient:
 
     async def request(self, state: SerialNumberState, count: int, *, selection: str = "",
                       sn_format: str | None = None, collection_id: str = "",
-                      token: str = "") -> RequestResult:
+                      token: str = "", on_page: PageHandler | None = None) -> RequestResult:
         """SNRequestUnassigned/Unallocated/Allocated for ``count`` serial numbers.
 
         Splits at MaxSNRequestable and follows ReturnedRequestTokens until ``count`` serial
         numbers arrived or the server has no more (PARTIAL with the outstanding token).
+        ``on_page(serials, collection)`` is awaited with each page as it arrives (the reserve
+        stores it at once: handed out upstream, a page must not wait for the next ones); an
+        exception it raises ends the request and propagates.
         """
         method = REQUEST_METHODS[state]
         try:
@@ -427,6 +433,8 @@ class OpenScsClient:
             got = coll.SerialNumbers if isinstance(coll, SNCollection) else ()
             last = coll if isinstance(coll, SNCollection) else last
             serials.extend(got)
+            if on_page is not None and got:
+                await on_page(tuple(got), last)
             verdict = from_return_status(int(status_value), method, request=True)
             if verdict.decision is Decision.PARTIAL:
                 if not token or not got:

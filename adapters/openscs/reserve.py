@@ -54,7 +54,9 @@ equal numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -67,7 +69,13 @@ from adapters.openscs.results import Decision
 from gateway import board as board_keys
 from gateway.board import StatusBoard
 from gateway.errors import RemoteProtocolError, StoreFull
-from gateway.model import ALREADY_REPORTED, NewMessage, Refusal, SerialNumberState
+from gateway.model import (
+    ALREADY_REPORTED,
+    NewMessage,
+    Refusal,
+    SerialNumberState,
+    SNCollection,
+)
 from gateway.settings import ReserveSettings
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,7 @@ _STATE_TEXT = {ISSUED: "printed", USED: "used", CLOSED_UNUSED: "order closed, to
                "scrapped", SCRAPPED: "reported scrapped"}
 RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, not returned
 STREAM_POOL = "pool"
+REFILL_MARKER = "reserve_refill_in_flight:"  # + selection, in the outbox's state table
 STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
 
 SCHEMA = """
@@ -126,6 +135,8 @@ class OutboxLike(Protocol):
     async def submit(self, messages: Sequence[NewMessage] = (), *,
                      state: Mapping[str, str | None] | None = None,
                      hook: Callable[[sqlite3.Connection], object] | None = None) -> Any: ...
+
+    async def get_state(self) -> dict[str, str]: ...
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -362,6 +373,7 @@ class Reserve:
         self._loop = asyncio.get_running_loop()
         await self._outbox.submit(hook=ensure_schema)
         self._schema_ready = True
+        await self.interrupted_refills()
         while True:
             self._wake.clear()
             await self.run_once()
@@ -413,35 +425,67 @@ class Reserve:
             self._publish()
 
     async def _refill(self, selection: str, count: int, st: RefillState) -> int:
+        """One refill. Each page is stored as it arrives, and a marker in the outbox's state
+        table says a refill is in flight: serial numbers the upstream handed out (Allocated)
+        are lost to this gateway only when a reply is lost or the process dies mid-page, and
+        then the next start says so (``interrupted_refills``)."""
+        marker = REFILL_MARKER + selection
+        added = 0
+        stored_all = True
+
+        async def on_page(got: tuple[str, ...], coll: SNCollection | None) -> None:
+            nonlocal added
+            pool_id = (coll.AssociatedPoolID or coll.ID) if coll is not None else ""
+            added += await self._store(selection, got, pool_id, st)
+
+        try:
+            await self._outbox.submit(state={marker: json.dumps(
+                {"count": count, "at": time.time()})})
+        except StoreFull as exc:
+            st.error = exc.reason
+            log.warning("reserve %r: no refill while the store is full: %s", selection,
+                        exc.reason)
+            return 0
         st.running = True
         try:
             result = await self._client.request(SerialNumberState.Allocated, count,
                                                 selection=selection,
-                                                token=self._tokens.pop(selection, ""))
+                                                token=self._tokens.pop(selection, ""),
+                                                on_page=on_page)
+        except StoreFull:
+            stored_all = False  # logged with its serial numbers by _store; no more pages
+            result = None
         finally:
             st.running = False
+        with contextlib.suppress(StoreFull):  # a full store keeps the marker: said at start
+            await self._outbox.submit(state={marker: None})
+        if result is None:
+            return added
         if result.token:
             self._tokens[selection] = result.token
-        serials = result.serials
         decision, reason = result.verdict.decision, result.verdict.reason
+        arrived = len(result.serials)
         if decision is Decision.PERMANENT:
-            self._refused(selection, count, st, reason, len(serials))
+            self._refused(selection, count, st, reason, arrived)
         elif decision not in (Decision.DONE, Decision.PARTIAL):
             st.error, st.refused, st.retry_at = reason, False, 0.0
             log.warning("reserve %r: refill of %d failed (%s)%s; %d left", selection, count,
-                        reason, f" after {len(serials)} arrived" if serials else "",
+                        reason, f" after {arrived} arrived (kept)" if arrived else "",
                         self.level(selection))
-        else:
+        elif stored_all:
             if st.refused or st.error:
                 log.info("reserve %r: refill works again (it failed: %s)", selection, st.error)
             st.error = "" if decision is Decision.DONE else reason
             st.refused, st.refusals, st.retry_at = False, 0, 0.0
-        if decision not in (Decision.DONE, Decision.PARTIAL) and not serials:
-            return 0
-        # on a failure after earlier pages: those were handed out (Allocated upstream), keep
-        # them, or they are lost
-        coll = result.collection
-        pool_id = (coll.AssociatedPoolID or coll.ID) if coll is not None else ""
+        if added:
+            st.last_ok_at, st.last_added = time.time(), added
+            log.info("reserve %r: +%d serial number(s) (%s), level %d", selection, added,
+                     decision.value, self._levels[selection])
+        return added
+
+    async def _store(self, selection: str, serials: Sequence[str], pool_id: str,
+                     st: RefillState) -> int:
+        """Store one page of Allocated serial numbers; returns how many were new."""
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> int:
@@ -454,7 +498,7 @@ class Reserve:
             return conn.total_changes - before
 
         try:
-            added = await self._hook(insert) if serials else 0
+            added = int(await self._hook(insert))
         except StoreFull as exc:
             # handed out upstream (Allocated) but not storable here: say which, so that an
             # operator can return them (SNReturnAllocated) once space is back
@@ -462,15 +506,42 @@ class Reserve:
                       "stored (%s); they stay Allocated upstream: %s", selection, len(serials),
                       exc.reason, ",".join(serials))
             st.error = exc.reason
-            return 0
+            raise
         if added != len(serials):
             log.error("reserve %r: upstream handed out %d serial number(s) already in the "
                       "reserve", selection, len(serials) - added)
         self._levels[selection] = self._levels.get(selection, 0) + added
-        st.last_ok_at, st.last_added = time.time(), added
-        log.info("reserve %r: +%d serial number(s) (%s), level %d", selection, added,
-                 result.verdict.decision.value, self._levels[selection])
         return added
+
+    async def interrupted_refills(self) -> dict[str, str]:
+        """At start: refills a previous run left in flight (it died, or the store was full
+        when it ended). Each is logged as an ERROR and shown in the reserve_error alarm until
+        a refill of that selection works: up to that many serial numbers may be Allocated
+        upstream without this gateway knowing them (pages that arrived were kept)."""
+        state = await self._outbox.get_state()
+        found = {}
+        for key, value in state.items():
+            if not key.startswith(REFILL_MARKER):
+                continue
+            selection = key[len(REFILL_MARKER):]
+            try:
+                info = json.loads(value)
+                count, at = int(info["count"]), float(info["at"])
+            except (ValueError, KeyError, TypeError):
+                count, at = 0, 0.0
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at)) if at else "?"
+            text = (f"a refill of {count} requested at {when} was interrupted (the gateway "
+                    f"stopped): up to {count} serial numbers may be Allocated upstream "
+                    "without this gateway knowing them")
+            log.error("reserve %r: %s; pages that had arrived were kept. Check the upstream "
+                      "pool for Allocated numbers not in `linegate` (or return them with "
+                      "SNReturnAllocated)", selection, text)
+            self._refills.setdefault(selection, RefillState()).error = text
+            found[selection] = text
+            with contextlib.suppress(StoreFull):
+                await self._outbox.submit(state={key: None})
+        self._publish()
+        return found
 
     def _refused(self, selection: str, count: int, st: RefillState, reason: str,
                  arrived: int) -> None:
