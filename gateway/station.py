@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,7 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 STREAM_EVENTS = "event"
+STORE_FULL_LOG_S = 60.0  # at most one "store full" refusal WARNING per minute
 STREAM_POOL = "pool"
 STREAM_RESULTS = "results"
 
@@ -179,6 +181,8 @@ class Station:
         self._applied = {"order": 0, "user": 0}
         self._open = True
         self._in_flight = 0
+        self._full_logged_at = -STORE_FULL_LOG_S
+        self._full_unlogged = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._key_prefix = f"{settings.station.name}:{uuid.uuid4().hex[:20]}-"
@@ -246,18 +250,31 @@ class Station:
             return await self._dispatch(command, origin)
         except StoreFull as exc:
             self._board.incr("store_full_refusals")
-            log.warning("refused %s tsn=%d from %s: %s", type(command).__name__, origin.tsn,
-                        origin.peer, exc.reason)
+            self._log_store_full(command, origin, exc.reason)
             return Nak(Refusal.STORE_FULL, exc.reason)
         except RemoteProtocolError as exc:
+            # the transport logs each NAK (rate-limited per connection): not twice here
             refusal = exc.refusal if isinstance(exc.refusal, Refusal) else Refusal.MALFORMED
-            log.info("refused %s tsn=%d from %s: %s", type(command).__name__, origin.tsn,
-                     origin.peer, exc.detail)
+            log.debug("refused %s tsn=%d from %s: %s", type(command).__name__, origin.tsn,
+                      origin.peer, exc.detail)
             return Nak(refusal, exc.detail)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    def _log_store_full(self, command: Command, origin: Origin, reason: str) -> None:
+        """A full store refuses every command: one WARNING per STORE_FULL_LOG_S with the
+        count, not one per packet (store_full_refusals on the board counts them all)."""
+        now = time.monotonic()
+        if now - self._full_logged_at < STORE_FULL_LOG_S:
+            self._full_unlogged += 1
+            return
+        more = (f" ({self._full_unlogged} more refused since the last such line)"
+                if self._full_unlogged else "")
+        log.warning("refused %s tsn=%d from %s: %s%s", type(command).__name__, origin.tsn,
+                    origin.peer, reason, more)
+        self._full_logged_at, self._full_unlogged = now, 0
 
     def _ticket(self) -> int:
         self._tickets += 1

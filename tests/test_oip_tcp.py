@@ -690,6 +690,15 @@ async def test_tls_handshakes_neither_hold_a_slot_nor_a_stop(tmp_path):
     second = await pac(server, client_ctx(cert))
     busy = await second.reply()
     assert (busy.ack, busy.code, busy.tsn) == (False, 12, 0)
+    # at most max(16, max_connections) handshakes at once: then a silent socket is closed
+    from adapters.oip.tcp import MIN_HANDSHAKES
+
+    extra = [await pac(server) for _ in range(MIN_HANDSHAKES - 1)]  # with `silent`: 16
+    one_too_many = await pac(server)
+    await assert_closed(one_too_many)
+    assert server.board.counters["oip_peers_refused"] == 1
+    for p in extra:
+        await p.close()
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=20)  # a bound, far below the 300 s timeout
     assert done, "the stop waited for a peer's TLS handshake"
@@ -697,18 +706,30 @@ async def test_tls_handshakes_neither_hold_a_slot_nor_a_stop(tmp_path):
     await first.close()
 
 
-async def test_station_naks_are_logged_within_the_same_limit(caplog):
+async def test_station_naks_are_logged_within_the_same_limit(tmp_path, caplog):
+    """The real Station refusing 200 pipelined DATA (no order loaded, NAK 8): the log holds
+    the transport's first LOGGED_REFUSALS lines and a summary, not one line per packet (the
+    Station leaves logging each refusal to the transport)."""
     from adapters.oip import tcp
+    from gateway.model import StepResult
 
-    caplog.set_level(logging.INFO, logger="adapters.oip.tcp")  # station NAKs log at INFO
-    station = RecordingStation()
-    station.full = True
-    async with tcp_server(station) as server:
-        p = await pac(server)
-        await p.send_raw(b"".join(encode_command(Login(f"u{n}"), n) for n in range(1, 201)))
-        replies = [await p.reply() for _ in range(200)]
-        await p.close()
-    assert [(r.code, r.tsn) for r in replies] == [(5, n) for n in range(1, 201)]
-    lines = [r for r in caplog.records if "NAK" in r.getMessage() or "refused" in
-             r.getMessage()]
+    caplog.set_level(logging.INFO)
+    settings = Settings(store=StoreSettings(path=tmp_path / "o.sqlite"))
+    outbox = await Outbox.open(settings.store)
+    station = Station(settings, outbox, StatusBoard(), pattern_check=match_pattern)
+    await station.load()
+    try:
+        async with tcp_server(station) as server:
+            p = await pac(server)
+            await p.send_raw(b"".join(encode_command(StepResult("NOPE", "G", 1, 1, 1, True,
+                                                                "x"), n)
+                                      for n in range(1, 201)))
+            replies = [await p.reply() for _ in range(200)]
+            await p.close()
+    finally:
+        await outbox.close()
+    assert [(r.code, r.tsn) for r in replies] == [(8, n) for n in range(1, 201)]
+    lines = [r for r in caplog.records if "NOPE" in r.getMessage() or "more packets refused"
+             in r.getMessage()]
     assert len(lines) <= tcp.LOGGED_REFUSALS + 2, len(lines)
+    assert any("more packets refused" in r.getMessage() for r in lines)

@@ -258,6 +258,40 @@ async def test_each_page_is_stored_before_the_next_is_requested(tmp_path: Path) 
     assert reserve.level("G") == 15
 
 
+async def test_a_page_that_cannot_be_stored_is_named_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Any failure storing a page (here an I/O error on the second page's insert) logs the
+    numbers handed out that are now Allocated upstream only, and is a failed refill with an
+    alarm, not a crash of the reserve's service."""
+    async with running_server(tmp_path / "srv", max_requestable=5) as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        board = StatusBoard()
+        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                          fill_to=15), board=board)
+        submit, pages = outbox.submit, []
+
+        async def failing_second_page(*args: object, **kw: object) -> object:
+            if kw.get("hook") is not None and srv.next_serial == 11 and not pages:
+                pages.append(1)
+                raise sqlite3.OperationalError("disk I/O error")
+            return await submit(*args, **kw)
+
+        outbox.submit = failing_second_page  # type: ignore[method-assign]
+        try:
+            await reserve.run_once()
+        finally:
+            outbox.submit = submit  # type: ignore[method-assign]
+            await client.close()
+            await outbox.close()
+    lost = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("could not be stored" in m and "SN000006,SN000007,SN000008,SN000009,SN000010"
+               in m for m in lost), lost
+    assert "disk I/O error" in _alarms(board)["reserve_error"]["G"]
+    assert reserve.level("G") == 5
+
+
 async def test_an_interrupted_refill_is_reported_at_the_next_start(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A refill in flight when the gateway died leaves its marker: the next start logs an
@@ -277,15 +311,28 @@ async def test_an_interrupted_refill_is_reported_at_the_next_start(
             assert await reserve.interrupted_refills() == {}
             await outbox.submit(state={REFILL_MARKER + "G": json.dumps(
                 {"count": 20, "at": 0.0})})  # as a killed refill leaves it
+            for garbage in ('{"count": 1e400, "at": NaN}', "not json", '{"at": 1e300}'):
+                await outbox.submit(state={REFILL_MARKER + "X": garbage})
+                assert "interrupted" in (await reserve.interrupted_refills())["X"]
             found = await reserve.interrupted_refills()
             assert "up to 20 serial numbers may be Allocated upstream" in found["G"]
             assert "interrupted" in _alarms(board)["reserve_error"]["G"]
             assert any(r.levelname == "ERROR" and "interrupted" in r.getMessage()
                        for r in caplog.records)
             assert REFILL_MARKER + "G" not in await outbox.get_state()
+            # a failed refill does not hide it, nor does a second start before one works
+            srv.script["SNRequestAllocated"] = [ua.StatusCode(ua.StatusCodes.BadTimeout)]
             await outbox.submit(hook=lambda c: c.execute("DELETE FROM reserve_serials"))
+            await reserve.run_once()
+            assert "BadTimeout" in _alarms(board)["reserve_error"]["G"]
+            assert "interrupted" in _alarms(board)["reserve_error"]["G"]
+            board = StatusBoard()
+            reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
+                                                              fill_to=20), board=board)
+            assert "up to 20" in (await reserve.interrupted_refills())["G"]
             await reserve.run_once()  # a refill that works clears the alarm
-            assert reserve.level("G") == 20 and "reserve_error" not in _alarms(board)
+            assert reserve.level("G") == 20
+            assert set(_alarms(board).get("reserve_error", {})) == {"X"}
         finally:
             await client.close()
             await outbox.close()

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 16_384
 YIELD_EVERY = 64  # packets handled without suspending before the loop gets a turn
 LOGGED_REFUSALS = 20  # per connection; later ones are summed up
+MIN_HANDSHAKES = 16  # TLS handshakes at once: max(this, max_connections)
 REFUSAL_SUMMARY_S = 60.0
 
 
@@ -92,6 +93,7 @@ class OipTcpServer:
         self._tasks: set[asyncio.Task[None]] = set()  # every connection handler
         self._active: set[asyncio.Task[None]] = set()  # admitted sessions (max_connections)
         self._ssl: ssl.SSLContext | None = None
+        self._handshakes = 0  # TLS handshakes in progress
 
     async def serve(self) -> None:
         # TLS starts per connection after the peer and connection checks (a handshake first
@@ -149,7 +151,14 @@ class OipTcpServer:
                 self.board.incr("oip_peers_refused")
                 return
             if self._ssl is not None:
+                if self._handshakes >= max(MIN_HANDSHAKES, self.tcp.max_connections):
+                    log.warning("OIP TCP: refused %s: %d TLS handshakes in progress already",
+                                host, self._handshakes)
+                    self.board.incr("oip_peers_refused")
+                    writer.transport.abort()
+                    return
                 handshaking = True  # a stop now must abort, not wait for the socket to close
+                self._handshakes += 1
                 try:
                     await writer.start_tls(
                         self._ssl, ssl_handshake_timeout=self.tcp.tls_handshake_timeout_s)
@@ -158,6 +167,8 @@ class OipTcpServer:
                                 exc or type(exc).__name__)
                     writer.transport.abort()
                     return
+                finally:
+                    self._handshakes -= 1
                 handshaking = False
             if len(self._active) >= self.tcp.max_connections:  # told over TLS when TLS is on
                 log.warning("OIP TCP: refused %s: %d connections already", host,

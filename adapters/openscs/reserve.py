@@ -30,7 +30,9 @@ functions inside its ``outbox.submit(hook=...)`` hooks:
     order and stay in the reserve.
 
 ``serve()`` (the supervisor's service) keeps every selection (``reserve.selections`` plus those
-PRINT has asked for) above ``low_water`` by requesting up to ``fill_to`` with SNRequestAllocated
+PRINT has asked for; one the upstream refuses for good is dropped unless configured) above
+``low_water`` by requesting up to ``fill_to`` (or a larger PRINT count it refused) with
+SNRequestAllocated
 (split at MaxSNRequestable, following RequestTokens), queues returns, and refreshes the levels
 that ``level(selection)`` / ``levels()`` report to the status board. A refill that fails for a
 passing reason (upstream down, timeout, pool short of numbers) is retried on the next round;
@@ -58,6 +60,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +92,7 @@ _STATE_TEXT = {ISSUED: "printed", USED: "used", CLOSED_UNUSED: "order closed, to
 RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, not returned
 STREAM_POOL = "pool"
 REFILL_MARKER = "reserve_refill_in_flight:"  # + selection, in the outbox's state table
+LOSS_MARKER = "reserve_possible_loss:"  # + selection: an interrupted refill, until one works
 STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
 
 SCHEMA = """
@@ -113,6 +117,25 @@ CREATE TABLE IF NOT EXISTS reserve_selections (selection TEXT PRIMARY KEY);
 _LABELS = (ISSUED, USED, CLOSED_UNUSED, SCRAPPED)  # printed by this gateway
 
 
+def _describe_marker(value: str) -> tuple[str, str]:
+    """('of 20 requested at 2026-12-01 19:58:33Z', 'up to 20 serial numbers') from a refill
+    marker; never raises, whatever is stored."""
+    what, how_many = "(its record is unreadable)", "serial numbers"
+    try:
+        info = json.loads(value)
+        count = info.get("count") if isinstance(info, dict) else None
+        at = info.get("at") if isinstance(info, dict) else None
+        if isinstance(count, int | float) and math.isfinite(count):
+            what, how_many = f"of {int(count)}", f"up to {int(count)} serial numbers"
+        else:
+            what = "(of an unknown count)"
+        if isinstance(at, int | float) and math.isfinite(at) and 0 < at < 1e11:
+            what += time.strftime(" requested at %Y-%m-%d %H:%M:%SZ", time.gmtime(at))
+    except Exception:  # whatever is stored, start-up goes on
+        pass
+    return what, how_many
+
+
 @dataclass
 class RefillState:
     """One selection's refill history (read by ``take_in`` for the NAK text, which may run in
@@ -125,6 +148,9 @@ class RefillState:
     last_ok_at: float | None = None  # time.time() of the last refill that stored numbers
     last_added: int = 0
     running: bool = False
+    # a refill of an earlier run was interrupted: numbers may be Allocated upstream unknown
+    # here (kept, and in the alarm, until a refill of the selection works)
+    possible_loss: str = ""
 
 
 class _NothingLeft(Exception):
@@ -193,9 +219,14 @@ class Reserve:
         """The ``reserve_error`` alarm: selection -> why its refill fails ({} when none)."""
         out = {}
         for selection, st in sorted(self._refills.items()):
+            parts = []
             if st.error:
-                out[selection] = (f"refill refused by the upstream: {st.error}" if st.refused
-                                  else f"refill failed: {st.error}")
+                parts.append(f"refill refused by the upstream: {st.error}" if st.refused
+                             else f"refill failed: {st.error}")
+            if st.possible_loss:
+                parts.append(st.possible_loss)
+            if parts:
+                out[selection] = "; ".join(parts)
         return out
 
     @property
@@ -347,9 +378,7 @@ class Reserve:
                      "selection=? AND serial=?",
                      (USED if ok else SCRAPPED, ordnr, time.time(), selection, serial))
         if unprinted and not mine:
-            (left,) = conn.execute("SELECT COUNT(*) FROM reserve_serials WHERE selection=? AND "
-                                   "state=?", (selection, AVAILABLE)).fetchone()
-            self._levels[selection] = int(left)
+            self._poke()  # the level changed: the next round reads it (a hook may roll back)
         return str(selection), str(pool_id)
 
     def close_order_in(self, conn: sqlite3.Connection, ordnr: str) -> None:
@@ -452,13 +481,17 @@ class Reserve:
                                                 selection=selection,
                                                 token=self._tokens.pop(selection, ""),
                                                 on_page=on_page)
-        except StoreFull:
-            stored_all = False  # logged with its serial numbers by _store; no more pages
+        except Exception as exc:  # storing a page failed (logged with its numbers by _store)
+            stored_all = False
             result = None
+            if not isinstance(exc, StoreFull):
+                st.error, st.refused, st.retry_at = f"{type(exc).__name__}: {exc}", False, 0.0
         finally:
             st.running = False
-        with contextlib.suppress(StoreFull):  # a full store keeps the marker: said at start
+        try:  # a full store keeps the marker: the next start reports the refill
             await self._outbox.submit(state={marker: None})
+        except StoreFull:
+            pass
         if result is None:
             return added
         if result.token:
@@ -477,6 +510,8 @@ class Reserve:
                 log.info("reserve %r: refill works again (it failed: %s)", selection, st.error)
             st.error = "" if decision is Decision.DONE else reason
             st.refused, st.refusals, st.retry_at = False, 0, 0.0
+            if st.possible_loss and decision is Decision.DONE:
+                await self._forget_possible_loss(selection, st)
         if added:
             st.last_ok_at, st.last_added = time.time(), added
             log.info("reserve %r: +%d serial number(s) (%s), level %d", selection, added,
@@ -499,13 +534,14 @@ class Reserve:
 
         try:
             added = int(await self._hook(insert))
-        except StoreFull as exc:
+        except Exception as exc:
             # handed out upstream (Allocated) but not storable here: say which, so that an
-            # operator can return them (SNReturnAllocated) once space is back
+            # operator can return them (SNReturnAllocated) once the store works again
+            reason = exc.reason if isinstance(exc, StoreFull) else f"{type(exc).__name__}: {exc}"
             log.error("reserve %r: %d serial number(s) handed out by the upstream could not be "
                       "stored (%s); they stay Allocated upstream: %s", selection, len(serials),
-                      exc.reason, ",".join(serials))
-            st.error = exc.reason
+                      reason, ",".join(serials))
+            st.error = reason
             raise
         if added != len(serials):
             log.error("reserve %r: upstream handed out %d serial number(s) already in the "
@@ -514,34 +550,46 @@ class Reserve:
         return added
 
     async def interrupted_refills(self) -> dict[str, str]:
-        """At start: refills a previous run left in flight (it died, or the store was full
-        when it ended). Each is logged as an ERROR and shown in the reserve_error alarm until
-        a refill of that selection works: up to that many serial numbers may be Allocated
-        upstream without this gateway knowing them (pages that arrived were kept)."""
-        state = await self._outbox.get_state()
+        """At start: refills a previous run left in flight (it died mid-refill, or the store
+        was full when the refill ended), and possible losses reported before and not yet
+        cleared. Each is an ERROR in the log and stays in the reserve_error alarm, across
+        restarts, until a refill of that selection works: up to that many serial numbers may
+        be Allocated upstream without this gateway knowing them (pages that arrived were
+        kept). Never raises: an unreadable marker is reported as such."""
+        try:
+            state = await self._outbox.get_state()
+        except Exception as exc:  # the store is unreadable: the outbox says why elsewhere
+            log.error("reserve: cannot read interrupted refills: %s", exc)
+            return {}
         found = {}
         for key, value in state.items():
+            if key.startswith(LOSS_MARKER):
+                selection = key[len(LOSS_MARKER):]
+                self._refills.setdefault(selection, RefillState()).possible_loss = value
+                found[selection] = value
+                continue
             if not key.startswith(REFILL_MARKER):
                 continue
             selection = key[len(REFILL_MARKER):]
-            try:
-                info = json.loads(value)
-                count, at = int(info["count"]), float(info["at"])
-            except (ValueError, KeyError, TypeError):
-                count, at = 0, 0.0
-            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at)) if at else "?"
-            text = (f"a refill of {count} requested at {when} was interrupted (the gateway "
-                    f"stopped): up to {count} serial numbers may be Allocated upstream "
-                    "without this gateway knowing them")
+            what, how_many = _describe_marker(value)
+            text = (f"a refill {what} was interrupted (the gateway stopped): {how_many} may be "
+                    "Allocated upstream without this gateway knowing them")
             log.error("reserve %r: %s; pages that had arrived were kept. Check the upstream "
-                      "pool for Allocated numbers not in `linegate` (or return them with "
+                      "pool for Allocated numbers this gateway does not hold (return them with "
                       "SNReturnAllocated)", selection, text)
-            self._refills.setdefault(selection, RefillState()).error = text
+            self._refills.setdefault(selection, RefillState()).possible_loss = text
             found[selection] = text
-            with contextlib.suppress(StoreFull):
-                await self._outbox.submit(state={key: None})
+            with contextlib.suppress(StoreFull):  # one key replaces the other, atomically
+                await self._outbox.submit(state={key: None, LOSS_MARKER + selection: text})
         self._publish()
         return found
+
+    async def _forget_possible_loss(self, selection: str, st: RefillState) -> None:
+        with contextlib.suppress(StoreFull):
+            await self._outbox.submit(state={LOSS_MARKER + selection: None})
+            log.info("reserve %r: refill works; the earlier interrupted refill stays in the "
+                     "log only (%s)", selection, st.possible_loss)
+            st.possible_loss = ""
 
     def _refused(self, selection: str, count: int, st: RefillState, reason: str,
                  arrived: int) -> None:
@@ -553,6 +601,11 @@ class Reserve:
         st.retry_at = time.monotonic() + delay
         first = not st.refused or st.error != reason
         st.error, st.refused = reason, True
+        if selection not in self._settings.selections:
+            # a selection only PRINT asked for (a typo?): not refilled again by itself; the
+            # next PRINT for it tries again (after the backoff), the alarm shows the refusal
+            self._levels.pop(selection, None)
+            self._wanted.pop(selection, None)
         after = f" after {arrived} arrived" if arrived else ""
         if first:
             log.error("reserve %r: the upstream refused the refill of %d permanently (%s)%s; "
