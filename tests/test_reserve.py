@@ -418,6 +418,33 @@ async def test_a_permanent_refusal_alarms_logs_once_and_backs_off(
             await outbox.close()
 
 
+async def test_a_refused_selection_only_print_asked_for_is_not_refilled_every_round(
+        tmp_path: Path) -> None:
+    """A PRINT for a selection nobody configured (a typo) that the upstream refuses for good
+    is not retried by the loop round after round; the alarm names it, and the next PRINT for
+    it may try again."""
+    async with running_server(tmp_path / "srv") as srv:
+        (tmp_path / "c").mkdir()
+        client = OpenScsClient(srv.settings(tmp_path / "c"))
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        board = StatusBoard()
+        reserve = Reserve(outbox, client, ReserveSettings(selections=[], low_water=10,
+                                                          fill_to=20), board=board,
+                          refused_backoff_s=0.0, refused_backoff_max_s=0.0)
+        srv.script["SNRequestAllocated"] = [ReturnStatus.InvalidSelectionCriteria] * 100
+        try:
+            with pytest.raises(RemoteProtocolError):
+                await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "TYPO", 2))
+            for _ in range(5):
+                await reserve.run_once()
+            assert len(srv.recorded("SNRequestAllocated")) == 1
+            assert "InvalidSelectionCriteria" in _alarms(board)["reserve_error"]["TYPO"]
+            assert "TYPO" not in reserve.levels()
+        finally:
+            await client.close()
+            await outbox.close()
+
+
 async def test_two_selections_may_hold_the_same_serial_numbers(rig: Rig) -> None:
     """SERIALONLY pools number from the same start, so two GTINs hand out equal numbers: the
     reserve keeps both (keyed by selection and serial), upstream's Allocated numbers all sit
