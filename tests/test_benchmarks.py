@@ -20,6 +20,11 @@ async def test_outbox_bench_loops_process_every_message(tmp_path: Path) -> None:
         assert res["msgs"] == 1234 and res["rate"] > 0, (fn.__name__, res)
         with sqlite3.connect(path) as conn:  # read AND deleted: nothing left behind
             assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    ceiling = bench_outbox.sql_insert_ceiling(tmp_path, 2000)
+    assert set(ceiling) == {"tb", "ours"} and min(ceiling.values()) > 0
+    for shape in ceiling:
+        with sqlite3.connect(tmp_path / f"ceiling-{shape}.sqlite") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2000
     res = await bench_outbox.ingest(tmp_path / "i.sqlite", "FULL", 7, 300)
     assert res["msgs"] == 300 and 1 <= res["commits"] <= 300
     with sqlite3.connect(tmp_path / "i.sqlite") as conn:
