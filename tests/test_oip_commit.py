@@ -141,7 +141,7 @@ async def test_print_is_answered_from_the_reserve_while_upstream_is_down(tmp_pat
                                  4)
         await pac.close()
     assert again.ack and again.serials == printed.serials
-    # the event of a printed serial number names the pool it came from; it left the reserve
+    # the event of a printed serial number names the pool it came from; it is no longer issued
     assert used.ack
     (body,) = rows(db, "SELECT body FROM messages WHERE kind='SIDCommissioningEvent'")[0]
     event = json.loads(str(body))

@@ -378,9 +378,9 @@ async def test_reloading_the_current_order_keeps_its_printed_serials(tmp_path):
 
 async def test_a_label_reported_scrapped_is_refused_by_data_ok_on_its_order(tmp_path):
     """Labels this gateway printed and reported scrapped (order closed unused by an INIT and
-    loaded again; a DATA NOK then a rescan OK) are refused by DATA OK with NAK 13. An equal
-    number scrapped for another order, or one still available (no label carries it), is
-    taken as another pool's label: accepted, with no pool, and the reserve keeps its rows."""
+    loaded again; a DATA NOK then a rescan OK) are refused by DATA OK with NAK 13, also on
+    another order, and a label of an order closed just now too (its close reports it). A
+    number the reserve holds unprinted is taken out of it and reported from its pool, once."""
     from adapters.openscs.reserve import (
         AVAILABLE,
         CLOSED_UNUSED,
