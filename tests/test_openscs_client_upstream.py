@@ -419,3 +419,54 @@ async def test_reference_server_client_trust_list_and_x509_users(tmp_path: Path)
         await password_user.close()
     finally:
         await server.stop()
+
+
+async def test_no_privilege_stalls_the_stream_with_an_alarm_instead_of_dead_letters(
+        tmp_path: Path) -> None:
+    """The upstream answers InsufficientPrivilegeToExecute (the gateway's user lost its
+    rights): that is about the session, not the data. Dead-lettering every event (as an
+    end-to-end review saw) would make them expire after dead_retention_s; the stream waits
+    with the upstream_error alarm instead, and drains in order once the rights are back."""
+    from gateway.delivery import Delivery
+    from gateway.model import NewMessage
+    from gateway.outbox import Outbox
+    from gateway.settings import DeliverySettings, StoreSettings
+    from gateway.status.fields import board_values
+    from tests.test_openscs_client_fixture import wait_until
+
+    async with reference(tmp_path) as (server, _proxy, client):
+        got = await client.request(S.Allocated, 3, selection="09506000134352")
+        assert len(got.serials) == 3, got.verdict
+        server.viewers.add("line")  # from now on the user may only look
+        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+        board = StatusBoard()
+        for n, serial in enumerate(got.serials):
+            await outbox.submit([NewMessage("event", "SIDCommissioningEvent", f"k{n}",
+                                            {"serials": [serial], "pool": "09506000134352",
+                                             "pool_id": "GTIN-09506000134352"})])
+        delivery = Delivery(outbox, OpenScsUpstream(client), DeliverySettings(
+            retry_initial_s=0.05, retry_max_s=0.2), board)
+        task = asyncio.create_task(delivery.serve())
+
+        def alarms() -> str:
+            return str(board_values(board, None)["alarms"])
+
+        try:
+            await wait_until(lambda: "upstream_error" in alarms(), 20)
+            assert "InsufficientPrivilegeToExecute" in alarms()
+            stats = await outbox.stats()
+            assert (stats.dead, stats.pending) == (0, 3)
+            server.viewers.discard("line")  # the rights are back
+            for _ in range(200):
+                if (await outbox.stats()).pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+            stats = await outbox.stats()
+            assert (stats.dead, stats.pending) == (0, 0)
+            await wait_until(lambda: "upstream_error" not in alarms(), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await outbox.close()
+    states = {sn: st for (_, sn), st in server.serial_states("GTIN-09506000134352").items()}
+    assert [states[s] for s in got.serials] == [S.Commissioned] * 3

@@ -308,7 +308,7 @@ class OpenScsClient:
             method_id = mgr.methods.get(method)
             if method_id is None:
                 return Verdict(Decision.PERMANENT, f"{method}: not offered by the {role} "
-                               f"manager at {session.url}"), []
+                               f"manager at {session.url}", call_level=True), []
             return await self._call_on(role, session, mgr.node, method_id, method, args)
         except asyncio.CancelledError:
             if cancel_requested():
@@ -622,7 +622,7 @@ class OpenScsClient:
         mgr = session.managers[EVENT]
         if mgr.epcis_stream is None or "GenerateFileForWrite" not in mgr.epcis_methods:
             return CallResult(Verdict(Decision.PERMANENT, f"{what}: not offered by "
-                                      f"{session.url}"), calls=0)
+                                      f"{session.url}", call_level=True), calls=0)
         verdict, out = await self._call_on(
             EVENT, session, mgr.epcis_stream, mgr.epcis_methods["GenerateFileForWrite"],
             "GenerateFileForWrite", [ua.Variant(self._ext(session, options))])

@@ -18,19 +18,21 @@ InvalidSerialNumbersFormat,                        the same message cannot help
 InvalidRequestToken,
 InvalidSelectionCriteria,
 UnknownAggregationSID,
-InsufficientPrivilegeToExecute,
 Undefined, unknown values,
 InsufficientSerialNumbers (pushes)
+InsufficientPrivilegeToExecute,        PERMANENT,  the call as such is refused (the user's
+BadUserAccessDenied, Bad_MethodInvalid, call level  rights, the server's methods): the same for
+Bad_NodeIdUnknown, Bad_NotImplemented,              every message, so delivery stalls with the
+BadNotExecutable, BadServiceUnsupported             upstream_error alarm; nothing is
+                                                   dead-lettered
 Bad_Timeout, BadRequestTimeout, lost   RETRY       transport: nothing is known to be wrong with
 connection, session/channel closed,                the data
 server busy/halted, too many sessions,
 BadResourceUnavailable, BadNoCommunication
-Bad_MethodInvalid, Bad_NotImplemented, PERMANENT   the server refused this call as such
-Bad_NodeIdUnknown, Bad_ArgumentsMissing,
+Bad_ArgumentsMissing,                  PERMANENT   the server refused this message
 Bad_TooManyArguments, Bad_InvalidArgument,
 Bad_TypeMismatch, Bad_OutOfRange,
-Bad_InvalidState, BadUserAccessDenied,
-BadNotExecutable, BadInternalError, any
+Bad_InvalidState, BadInternalError, any
 other Bad_ method result
 =====================================  ==========  ============================================
 
@@ -60,6 +62,10 @@ class Decision(enum.Enum):
 class Verdict:
     decision: Decision
     reason: str = ""
+    # PERMANENT for the call as such, not for the message's data (no privilege, no such
+    # method): every message would get it; delivery must stall with an alarm, not
+    # dead-letter the stream
+    call_level: bool = False
 
     def outcome(self) -> Outcome:
         """The outbox view: PARTIAL never reaches the outbox for pushes (it is PERMANENT)."""
@@ -74,6 +80,17 @@ _RETRY_STATUS = {
     ReturnStatus.UnableToAcceptSerialNumberEvents,
     ReturnStatus.UnableToAcceptLabelEvents,
     ReturnStatus.UnableToAcceptSIDEvents,
+}
+
+# Refusals of the call as such (the user's rights, the server's methods), the same for every
+# message: delivery stalls with the upstream_error alarm instead of dead-lettering them all.
+_CALL_CODES = {
+    ua.StatusCodes.BadUserAccessDenied,
+    ua.StatusCodes.BadMethodInvalid,
+    ua.StatusCodes.BadNodeIdUnknown,
+    ua.StatusCodes.BadNotImplemented,
+    ua.StatusCodes.BadNotExecutable,
+    ua.StatusCodes.BadServiceUnsupported,
 }
 
 # Service/transport level codes after which the same call may succeed later.
@@ -116,7 +133,8 @@ def from_return_status(value: int, method: str, *, request: bool = False) -> Ver
         return Verdict(Decision.PARTIAL, text)
     if status in _RETRY_STATUS:
         return Verdict(Decision.RETRY, text)
-    return Verdict(Decision.PERMANENT, text)
+    return Verdict(Decision.PERMANENT, text,
+                   call_level=status is ReturnStatus.InsufficientPrivilegeToExecute)
 
 
 def from_status_code(code: int, method: str, text: str = "") -> Verdict:
@@ -128,7 +146,7 @@ def from_status_code(code: int, method: str, text: str = "") -> Verdict:
         return Verdict(Decision.DONE)
     if (code & 0xFFFF0000) in _RETRY_CODES:
         return Verdict(Decision.RETRY, reason)
-    return Verdict(Decision.PERMANENT, reason)
+    return Verdict(Decision.PERMANENT, reason, call_level=(code & 0xFFFF0000) in _CALL_CODES)
 
 
 def from_exception(exc: BaseException, method: str) -> Verdict:

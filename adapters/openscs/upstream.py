@@ -151,6 +151,13 @@ class OpenScsUpstream:
                 # configuration failures come back as RETRY verdicts from the client.
                 decision = Decision.PERMANENT if exc.permanent else Decision.RETRY
                 verdict = Verdict(decision, f"{message.kind} {message.key}: {exc}")
+            if verdict.decision is Decision.PERMANENT and verdict.call_level:
+                # not about this message's data: every message would get it. What was
+                # delivered before it counts; then the stream stalls with an alarm.
+                if results:
+                    return results
+                raise UpstreamError(f"{message.kind} {message.key}: {verdict.reason}",
+                                    permanent=True)
             outcome = verdict.outcome()
             if outcome is not Outcome.DONE:
                 log.log(logging.WARNING if outcome is Outcome.RETRY else logging.ERROR,
