@@ -192,6 +192,12 @@ class Delivery:
             self._board.set_health(board_keys.DEAD_LETTERS, stats.dead)
             if not stats.dead:  # retried or purged: nothing left to alarm about
                 self._board.set_health(board_keys.OUTBOX_DEAD_ALARM, "")
+            elif not self._board.health.get(board_keys.OUTBOX_DEAD_ALARM):
+                # dead letters of an earlier run (or made by the CLI): the alarm says so too
+                newest = await self._outbox.dead_newest()
+                if newest is not None:
+                    self._board.set_health(board_keys.OUTBOX_DEAD_ALARM,
+                                           f"message {newest.message.id}: {newest.reason}")
             self._board.set_health(board_keys.STORE_HIGH_WATER, stats.high_water)
             self._board.set_health(board_keys.STORE_FULL, stats.full_reason or "")
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:

@@ -636,6 +636,13 @@ class Outbox:
             "WHERE state != 0 AND state=2 ORDER BY id LIMIT ?", (limit,)).fetchall())
         return [DeadLetter(_stored(r), reason=r[7], dead_at=r[8]) for r in rows]
 
+    async def dead_newest(self) -> DeadLetter | None:
+        """The most recent dead letter (for the status alarm after a restart)."""
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_COLUMNS}, last_error, finished_at FROM messages "
+            "WHERE state != 0 AND state=2 ORDER BY id DESC LIMIT 1").fetchone())
+        return DeadLetter(_stored(row), reason=row[7], dead_at=row[8]) if row else None
+
     async def dead_show(self, message_id: int) -> DeadLetter | None:
         row = await self._read(lambda c: c.execute(
             f"SELECT {_COLUMNS}, last_error, finished_at FROM messages WHERE state=2 AND id=?",

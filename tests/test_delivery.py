@@ -226,6 +226,35 @@ async def test_a_permanent_whole_call_failure_stalls_and_condemns_nothing(env: E
     assert "upstream_error" not in _alarms(board)
 
 
+async def test_dead_letters_of_an_earlier_run_raise_the_alarm_after_a_restart(
+        tmp_path: Path) -> None:
+    """An end-to-end review saw dead_letters 1 and no outbox_dead_alarm after a restart: the
+    alarm was set only when a letter died in the running process."""
+    up = MiniUpstream(tmp_path / "up.sqlite")
+    await up.start()
+    client = MiniUpstreamClient(f"opc.tcp://127.0.0.1:{up.port}/")
+    try:
+        for run in (1, 2):  # the second run is the restart
+            outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+            board = StatusBoard()
+            task = await _serve(Delivery(outbox, client, FAST, board))
+            if run == 1:
+                await outbox.submit([NewMessage("event", "E", "bad", {"invalid": "BadSerial"})])
+
+            async def alarmed(board: StatusBoard = board) -> bool:
+                return ("outbox_dead_alarm" in _alarms(board)
+                        and board.health.get("dead_letters") == 1)
+
+            await until(alarmed)
+            assert "BadSerial" in _alarms(board)["outbox_dead_alarm"]
+            assert board.health["dead_letters"] == 1
+            await _stop(task)
+            await outbox.close()
+    finally:
+        await client.close()
+        await up.stop()
+
+
 async def test_dead_letter_alarm_clears_when_no_dead_letter_is_left(tmp_path: Path) -> None:
     up = MiniUpstream(tmp_path / "up.sqlite")
     await up.start()
