@@ -185,6 +185,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``linegate`` command. Output piped into a reader that stops early (``| head``)
+    ends the command quietly, as for other Unix tools, instead of with a traceback."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python's documented way: point stdout at devnull so that the interpreter's final
+        # flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by it
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -63,3 +63,26 @@ async def test_cli_reads_the_outbox_on_a_full_disk(small_fs: Path, tmp_path: Pat
     (small_fs / "o.sqlite.reserve").unlink()  # no reserve either: a write fails clearly
     done = _cli(settings, "dead", "retry", "1")
     assert "Traceback" not in done.stderr and done.returncode in (1, 3), done
+
+
+async def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`linegate outbox dead list | head -1`: the reader stops early. An end-to-end review
+    saw a BrokenPipeError traceback; a Unix tool ends quietly (exit 141, as for SIGPIPE)."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    store = tmp_path / "o.sqlite"
+    ob = await Outbox.open(StoreSettings(path=store))
+    await ob.submit([NewMessage("event", "E", "k1", {"n": 1})])
+    await ob.close()
+    settings = _settings(tmp_path, store)
+    code = ("import os, sys\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)  # nobody reads stdout\n"
+            "from gateway.cli import main\n"
+            f"sys.exit(main(['outbox', 'stats', '--settings', {str(settings)!r}]))\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=ROOT,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err, err

@@ -41,7 +41,7 @@ PERMANENT, e.g. ReturnStatus InvalidSelectionCriteria for a selection it does no
 logged as ERROR once and backed off per selection (``refused_backoff_s`` doubling up to
 ``refused_backoff_max_s``, default 30 s .. 10 min; a PRINT does not cut the wait short). Every
 failing selection is in the ``reserve_error`` alarm (``{selection: reason}``) until a refill of
-it succeeds. A PRINT refused for an empty reserve says the refill state: never refilled yet,
+it succeeds. A PRINT refused for an empty reserve says the refill state: not refilled since this start,
 in progress, the last failure or refusal (with the next try), or when the last one came.
 
 Row states: 0 available, 1 issued to an order (printed), 2 used (a DATA OK reported it
@@ -246,7 +246,7 @@ class Reserve:
         if st is not None and st.error:
             return f"last upstream refill failed: {st.error}; retrying"
         if st is None or st.last_ok_at is None:
-            return "never refilled yet; refill requested"
+            return "not refilled since this start; refill requested"
         ago = max(0.0, time.time() - st.last_ok_at)
         return (f"last upstream refill {ago:.0f} s ago brought {st.last_added}; a refill to "
                 f"at least {max(self._wanted.get(selection, 0), self._settings.fill_to)} is "
