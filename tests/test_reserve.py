@@ -360,7 +360,8 @@ async def test_an_empty_reserve_nak_says_the_refill_state(tmp_path: Path) -> Non
 
         try:
             text = await nak()
-            assert "holds 0, PRINT asked for 2 (not refilled since this start" in text and ": ok" not in text
+            assert "holds 0, PRINT asked for 2 (not refilled since this start" in text
+            assert ": ok" not in text
             srv.script["SNRequestAllocated"] = [ua.StatusCode(ua.StatusCodes.BadTimeout)]
             await reserve.run_once()
             text = await nak()

@@ -41,8 +41,9 @@ PERMANENT, e.g. ReturnStatus InvalidSelectionCriteria for a selection it does no
 logged as ERROR once and backed off per selection (``refused_backoff_s`` doubling up to
 ``refused_backoff_max_s``, default 30 s .. 10 min; a PRINT does not cut the wait short). Every
 failing selection is in the ``reserve_error`` alarm (``{selection: reason}``) until a refill of
-it succeeds. A PRINT refused for an empty reserve says the refill state: not refilled since this start,
-in progress, the last failure or refusal (with the next try), or when the last one came.
+it succeeds. A PRINT refused for an empty reserve says the refill state: not refilled since
+this start, in progress, the last failure or refusal (with the next try), or when the last one
+came.
 
 Row states: 0 available, 1 issued to an order (printed), 2 used (a DATA OK reported it
 commissioned), 3 closed unused (to be reported scrapped), 4 reported scrapped (queued as a
