@@ -459,7 +459,9 @@ class Station:
         if status != "duplicate":  # ids: what was stored (a hook may leave an event out)
             self._board.incr("events_committed", len(result.ids) - 1)
             self._board.incr("results_committed")
-        log.info("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
+        # one line per step result or print job would flood the journal on a busy line (the
+        # results stream and the board's counters record them): DEBUG
+        log.debug("DATA %s %s,%s,%s step %d %s value=%r from %s tsn=%d%s", order.Ordnr,
                  data.group, data.gord, data.iord, data.step, "OK" if data.ok else "NOK",
                  data.value, origin.peer, origin.tsn,
                  " (retransmission)" if status == "duplicate" else "")
@@ -558,7 +560,7 @@ class Station:
         serials = tuple(json.loads(reply))
         if status != "duplicate":
             self._board.incr("serials_printed", len(serials))
-        log.info("PRINT %s %s x%d -> %d serial(s) from %s tsn=%d%s", order.Ordnr,
+        log.debug("PRINT %s %s x%d -> %d serial(s) from %s tsn=%d%s", order.Ordnr,
                  request.selection, request.count, len(serials), origin.peer, origin.tsn,
                  " (retransmission)" if status == "duplicate" else "")
         return Ack(serials=serials, duplicate=status == "duplicate")

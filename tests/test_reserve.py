@@ -109,6 +109,10 @@ async def test_reserve_prints_through_an_outage_and_scraps_printed_unused(rig: R
     await asyncio.wait_for(refill, 30)
     assert rig.reserve.level(GTIN) == 3 and rig.reserve.last_error
     assert rig.board.health["reserve_error"]
+    for _ in range(5):  # rounds (and PRINTs, which wake them) during the backoff
+        await rig.reserve.run_once()
+    assert rig.reserve._refills[GTIN].failures == 1  # no new attempt: one WARNING, not six
+    assert "retrying in" in rig.reserve.refill_state(GTIN)
 
     # asking for more than is left is refused and takes nothing
     with pytest.raises(RemoteProtocolError) as info:
@@ -136,7 +140,11 @@ async def test_reserve_prints_through_an_outage_and_scraps_printed_unused(rig: R
         await wait_until(lambda: all(rig.states().get(s) == SerialNumberState.LabelScrapped
                                      for s in unused), 30)
         assert all(rig.states()[s] == SerialNumberState.Allocated for s in used)
-        await rig.reserve.run_once()
+        for _ in range(100):  # the failed refill backs off (0.5 s) before the next try
+            await rig.reserve.run_once()
+            if rig.reserve.level(GTIN) == 30:
+                break
+            await asyncio.sleep(0.05)
         assert rig.reserve.level(GTIN) == 30 and not rig.reserve.last_error
         fresh = await rig.take("ORDER-2", 30)
         assert not set(fresh) & set(printed + more)  # no number printed twice

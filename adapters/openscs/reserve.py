@@ -94,6 +94,7 @@ RETURNING = CLOSED_UNUSED  # the state's name before it was reported scrapped, n
 STREAM_POOL = "pool"
 REFILL_MARKER = "reserve_refill_in_flight:"  # + selection, in the outbox's state table
 LOSS_MARKER = "reserve_possible_loss:"  # + selection: an interrupted refill, until one works
+FAILED_BACKOFF_S, FAILED_BACKOFF_MAX_S = 0.5, 15.0  # after a passing refill failure
 STREAM_EVENTS = "event"  # the station's event stream (gateway.station.STREAM_EVENTS)
 
 SCHEMA = """
@@ -145,6 +146,7 @@ class RefillState:
     error: str = ""  # why the last refill failed; "" when it worked
     refused: bool = False  # the upstream refused it permanently: backing off
     refusals: int = 0  # consecutive permanent refusals (the backoff exponent)
+    failures: int = 0  # consecutive passing failures (their backoff exponent)
     retry_at: float = 0.0  # time.monotonic() before which no refill is attempted
     last_ok_at: float | None = None  # time.time() of the last refill that stored numbers
     last_added: int = 0
@@ -245,7 +247,8 @@ class Reserve:
             wait = max(0.0, st.retry_at - time.monotonic())
             return f"upstream refused the refill: {st.error}; next try in {wait:.0f} s"
         if st is not None and st.error:
-            return f"last upstream refill failed: {st.error}; retrying"
+            wait = max(0.0, st.retry_at - time.monotonic())
+            return f"last upstream refill failed: {st.error}; retrying in {wait:.0f} s"
         if st is None or st.last_ok_at is None:
             return "not refilled since this start; refill requested"
         ago = max(0.0, time.time() - st.last_ok_at)
@@ -502,15 +505,23 @@ class Reserve:
         if decision is Decision.PERMANENT:
             self._refused(selection, count, st, reason, arrived)
         elif decision not in (Decision.DONE, Decision.PARTIAL):
-            st.error, st.refused, st.retry_at = reason, False, 0.0
-            log.warning("reserve %r: refill of %d failed (%s)%s; %d left", selection, count,
-                        reason, f" after {arrived} arrived (kept)" if arrived else "",
-                        self.level(selection))
+            # a passing failure (upstream down): retried after a short backoff (PRINTs do
+            # not start a new attempt each, which logged one WARNING per PRINT in an outage);
+            # WARNING when it starts or its reason changes, INFO while it lasts
+            st.failures += 1
+            delay = min(FAILED_BACKOFF_MAX_S, FAILED_BACKOFF_S * 2 ** min(st.failures - 1, 16))
+            again = st.error == reason and not st.refused
+            st.error, st.refused, st.retry_at = reason, False, time.monotonic() + delay
+            log.log(logging.INFO if again else logging.WARNING,
+                    "reserve %r: refill of %d failed (%s)%s; %d left; next try in %.1f s",
+                    selection, count, reason,
+                    f" after {arrived} arrived (kept)" if arrived else "",
+                    self.level(selection), delay)
         elif stored_all:
             if st.refused or st.error:
                 log.info("reserve %r: refill works again (it failed: %s)", selection, st.error)
             st.error = "" if decision is Decision.DONE else reason
-            st.refused, st.refusals, st.retry_at = False, 0, 0.0
+            st.refused, st.refusals, st.failures, st.retry_at = False, 0, 0, 0.0
             if st.possible_loss and decision is Decision.DONE:
                 await self._forget_possible_loss(selection, st)
         if added:
