@@ -103,7 +103,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings.append(f"a linegate (pid {running.holder()}) is running with this store "
                         f"({settings.store.path}): the ports it listens on show as in use, "
                         "and a second 'linegate run' on this store would exit 2")
-    warnings += env_checks.ports_in_use(settings)  # maybe by this gateway, running
+        warnings += env_checks.ports_in_use(settings)  # probably by that gateway
+    else:  # no linegate on this store: another program holds the port
+        errors += env_checks.ports_in_use(settings, running=False)
     for warning in [*settings.warnings, *warnings]:
         print(f"WARNING: {warning}", file=sys.stderr)
     if errors:
@@ -166,8 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:  # the lock file cannot be made: run unguarded, say so
             log.error("cannot take the instance lock %s (%s): running without the guard "
                       "against a second gateway on this store", lock.path, exc)
-    for taken in env_checks.ports_in_use(settings):  # may pass: not ready until it does
-        log.warning("%s", taken)
+    # we hold this store's lock: another program has the port. It may free it (a service
+    # being moved): run starts, and is not ready until every listener is up
+    for taken in env_checks.ports_in_use(settings, running=False):
+        log.warning("%s; linegate retries and is not ready until it is free", taken)
     if errors:
         for error in errors:
             log.critical("%s", error)

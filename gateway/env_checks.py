@@ -53,7 +53,7 @@ def port_key(s: Settings, section: KeyPath) -> KeyPath:
 
 
 def bind_problem(s: Settings, section: KeyPath, address: str, port: int, exc: OSError, *,
-                 before_start: bool = False) -> Problem:
+                 before_start: bool = False, running: bool | None = None) -> Problem:
     """A failure to listen, on the key to change: the port when it is taken or privileged,
     the address otherwise (not on this machine, not resolvable)."""
     code = exc.errno if isinstance(exc.errno, int) else None
@@ -67,8 +67,13 @@ def bind_problem(s: Settings, section: KeyPath, address: str, port: int, exc: OS
         reason = exc.strerror or str(exc) or type(exc).__name__
     text = f"cannot listen on {_hostport(address, port)}: {reason}"
     if code == errno.EADDRINUSE:
-        text += (" (another process holds it: is linegate already running?)" if before_start
-                 else " (another process holds it)")
+        if running is False:
+            text += (" (another program holds it: no linegate runs with this store; stop "
+                     "that program or choose another port)")
+        elif before_start:
+            text += " (another process holds it: is linegate already running?)"
+        else:
+            text += " (another process holds it)"
     elif code == errno.EADDRNOTAVAIL:
         text += " (not an address of this machine)"
     return key, text
@@ -86,7 +91,8 @@ def _try_bind(address: str, port: int) -> None:
             sock.bind(sockaddr)
 
 
-def _bind_checks(s: Settings, *, in_use: bool) -> Iterator[Problem]:
+def _bind_checks(s: Settings, *, in_use: bool,
+                 running: bool | None = None) -> Iterator[Problem]:
     """Listeners that cannot bind; ``in_use`` picks those whose port is held by another
     process right now (that may pass: a gateway still stopping, or this one running while
     ``check`` looks) instead of those that never can (an address not on this machine, a
@@ -96,7 +102,8 @@ def _bind_checks(s: Settings, *, in_use: bool) -> Iterator[Problem]:
             _try_bind(address, port)
         except OSError as exc:
             if (exc.errno == errno.EADDRINUSE) == in_use:
-                yield bind_problem(s, section, address, port, exc, before_start=True)
+                yield bind_problem(s, section, address, port, exc, before_start=True,
+                                   running=running)
 
 
 def _tls_checks(s: Settings) -> Iterator[Problem]:
@@ -154,10 +161,12 @@ def check(s: Settings) -> list[str]:
     return _render(s, problems(s))
 
 
-def ports_in_use(s: Settings) -> list[str]:
-    """Listener ports another process holds now, rendered like check(): warnings, since they
-    may be freed (``run`` starts anyway and is not ready until every listener is up)."""
-    return _render(s, list(_bind_checks(s, in_use=True)))
+def ports_in_use(s: Settings, *, running: bool | None = None) -> list[str]:
+    """Listener ports another process holds now, rendered like check(). ``running``: whether
+    a linegate holds this store (then they are probably its own), False when none does
+    (another program: check reports an error; run starts anyway and is not ready until every
+    listener is up), None when unknown."""
+    return _render(s, list(_bind_checks(s, in_use=True, running=running)))
 
 
 def _render(s: Settings, found: list[Problem]) -> list[str]:

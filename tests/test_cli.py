@@ -101,8 +101,9 @@ def _write(path: Path, text: str) -> Path:
 
 def test_check_and_run_refuse_listeners_that_cannot_bind_naming_the_key(tmp_path: Path):
     """An address that is not on this machine: check exits 2 with the key and its position,
-    and run refuses before starting anything (one line, no traceback). A port another
-    process holds is a warning in both (it may be freed: run starts, not ready until then)."""
+    and run refuses before starting anything (one line, no traceback). A port another program
+    holds (no linegate runs with this store) is a problem for check too; run warns and would
+    start, not ready until it is free (a running gateway's own ports: test_instance_lock)."""
     import socket
 
     holder = socket.socket()
@@ -119,13 +120,14 @@ def test_check_and_run_refuse_listeners_that_cannot_bind_naming_the_key(tmp_path
         out = linegate("check", "--settings", str(settings))
         assert out.returncode == 2, out.stdout + out.stderr
         lines = out.stderr.splitlines()
-        assert any(line.startswith(f"WARNING: {settings}:2:28: oip.tcp.listen_port: cannot "
-                                   f"listen on 127.0.0.1:{taken}: Address already in use")
-                   for line in lines), out.stderr
+        assert any(line.startswith(f"{settings}:2:28: oip.tcp.listen_port: cannot "
+                                   f"listen on 127.0.0.1:{taken}: Address already in use "
+                                   "(another program holds it: no linegate runs with this "
+                                   "store") for line in lines), out.stderr
         assert any(line.startswith(f"{settings}:3:32: oip.soap.listen_address: cannot listen "
                                    "on 192.0.2.1:7780: Cannot assign requested address")
                    for line in lines), out.stderr
-        assert lines[-1] == f"{settings}: 1 problem(s)"
+        assert lines[-1] == f"{settings}: 2 problem(s)"
 
         run = linegate("run", "--settings", str(settings), timeout=30)
         assert run.returncode == 2, run.stderr
