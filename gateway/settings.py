@@ -244,7 +244,9 @@ class OpcuaServerSettings:
     update_interval_s: float = _f(10.0, "How often the published values are refreshed.",
                                   min=0.1)
     allow_anonymous: bool = _f(True, "Allow anonymous sessions (read only).")
-    users: list[StatusUser] = _f([], "Users with a role each.")
+    users: list[StatusUser] = _f([], "Users with a role each (restart and close_order need "
+                                 "an operator or admin; hash passwords with 'linegate "
+                                 "passwd').")
     users_file: Path | None = _f(None, "JSON file with more users (same shape as users).")
     trust_dir: Path = _f(Path("public/trusted"), "Trusted client certificates; untrusted ones "
                          "are refused and kept in public/rejected for 'linegate trust'.")

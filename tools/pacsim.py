@@ -398,7 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("seed", help="the seed ORDER, DATA for its steps, a PRINT")
     f = sub.add_parser("file", help="packets from a file")
     f.add_argument("path", type=Path)
-    s = sub.add_parser("stream", help="generated ORDER + DATA at a rate over N connections")
+    s = sub.add_parser("stream", help="generated ORDER + DATA at a rate over N connections",
+                       description="Generated ORDER + DATA at a rate over N connections. The "
+                       "DATA carry made-up serial numbers (they match the seed's patterns, "
+                       "not numbers an upstream handed out): against a real OPEN-SCS "
+                       "upstream their commissioning events are refused and become dead "
+                       "letters. Use it to load the OIP ingress and the outbox; for a line "
+                       "whose events an upstream accepts, PRINT first and scan the numbers "
+                       "it returns (as `linegate demo` does).")
     s.add_argument("--rate", type=float, default=0.0, help="commands/s overall (0 = max)")
     s.add_argument("--seconds", type=float, default=10.0, help="duration when --rate is set")
     s.add_argument("--count", type=int, default=1000, help="commands when --rate is 0")
