@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from gateway.model import Refusal, ReturnStatus, SerialNumberState
 from gateway.outbox import Outbox
 from gateway.settings import DeliverySettings, OpenScsSettings, ReserveSettings, StoreSettings
 from gateway.status.fields import board_values
-from tests.test_openscs_client_fixture import running_server, wait_until
+from tests.test_openscs_client_fixture import ScsServer, running_server, wait_until
 from tools.faultproxy import FaultProxy
 from tools.openscs_server.server import ReferenceServer
 
@@ -235,35 +236,58 @@ async def test_a_refill_that_fails_on_a_later_page_keeps_the_earlier_pages(
             await outbox.close()
 
 
-async def test_each_page_is_stored_before_the_next_is_requested(tmp_path: Path) -> None:
-    """Serial numbers handed out upstream are Allocated there: a page must be in the outbox
-    file before the next page is asked for, so that a kill or a lost reply mid-refill loses
-    at most the page in flight (not the pages that already arrived)."""
-    async with running_server(tmp_path / "srv", max_requestable=5) as srv:
+@dataclass
+class Standalone:
+    """A reserve on its own outbox against the scriptable server (tests/..._fixture)."""
+
+    srv: ScsServer
+    client: OpenScsClient
+    outbox: Outbox
+    board: StatusBoard
+    reserve: Reserve
+    db: Path
+
+
+@contextlib.asynccontextmanager
+async def standalone(tmp_path: Path, *, max_requestable: int | None = None,
+                     selections: Sequence[str] = ("G",), fill_to: int = 20,
+                     **reserve_kw: float) -> AsyncIterator[Standalone]:
+    server_kw = {"max_requestable": max_requestable} if max_requestable else {}
+    async with running_server(tmp_path / "srv", **server_kw) as srv:  # type: ignore[arg-type]
         (tmp_path / "c").mkdir()
         client = OpenScsClient(srv.settings(tmp_path / "c"))
         db = tmp_path / "o.sqlite"
         outbox = await Outbox.open(StoreSettings(path=db))
-        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
-                                                          fill_to=15))
-        stored_when_asked: list[int] = []
-        dispatch = srv._dispatch
+        board = StatusBoard()
+        reserve = Reserve(outbox, client, ReserveSettings(selections=list(selections),
+                                                          low_water=10, fill_to=fill_to),
+                          board=board, **reserve_kw)
+        try:
+            yield Standalone(srv, client, outbox, board, reserve, db)
+        finally:
+            await client.close()
+            await outbox.close()
+
+
+async def test_each_page_is_stored_before_the_next_is_requested(tmp_path: Path) -> None:
+    """Serial numbers handed out upstream are Allocated there: a page must be in the outbox
+    file before the next page is asked for, so that a kill or a lost reply mid-refill loses
+    at most the page in flight (not the pages that already arrived)."""
+    stored_when_asked: list[int] = []
+    async with standalone(tmp_path, max_requestable=5, fill_to=15) as st:
+        dispatch = st.srv._dispatch
 
         def counting(name: str, args: list[object]) -> object:
             if name == "SNRequestAllocated":
-                with sqlite3.connect(db) as conn:  # what is committed, seen from outside
+                with sqlite3.connect(st.db) as conn:  # what is committed, seen from outside
                     stored_when_asked.append(conn.execute(
                         "SELECT COUNT(*) FROM reserve_serials").fetchone()[0])
             return dispatch(name, args)
 
-        srv._dispatch = counting
-        try:
-            await reserve.run_once()
-        finally:
-            await client.close()
-            await outbox.close()
+        st.srv._dispatch = counting
+        await st.reserve.run_once()
     assert stored_when_asked == [0, 5, 10]
-    assert reserve.level("G") == 15
+    assert st.reserve.level("G") == 15
 
 
 async def test_a_page_that_cannot_be_stored_is_named_in_the_log(
@@ -271,33 +295,25 @@ async def test_a_page_that_cannot_be_stored_is_named_in_the_log(
     """Any failure storing a page (here an I/O error on the second page's insert) logs the
     numbers handed out that are now Allocated upstream only, and is a failed refill with an
     alarm, not a crash of the reserve's service."""
-    async with running_server(tmp_path / "srv", max_requestable=5) as srv:
-        (tmp_path / "c").mkdir()
-        client = OpenScsClient(srv.settings(tmp_path / "c"))
-        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
-        board = StatusBoard()
-        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
-                                                          fill_to=15), board=board)
-        submit, pages = outbox.submit, []
+    async with standalone(tmp_path, max_requestable=5, fill_to=15) as st:
+        submit, pages = st.outbox.submit, []
 
         async def failing_second_page(*args: object, **kw: object) -> object:
-            if kw.get("hook") is not None and srv.next_serial == 11 and not pages:
+            if kw.get("hook") is not None and st.srv.next_serial == 11 and not pages:
                 pages.append(1)
                 raise sqlite3.OperationalError("disk I/O error")
             return await submit(*args, **kw)
 
-        outbox.submit = failing_second_page  # type: ignore[method-assign]
+        st.outbox.submit = failing_second_page  # type: ignore[method-assign]
         try:
-            await reserve.run_once()
+            await st.reserve.run_once()
         finally:
-            outbox.submit = submit  # type: ignore[method-assign]
-            await client.close()
-            await outbox.close()
+            st.outbox.submit = submit  # type: ignore[method-assign]
     lost = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("could not be stored" in m and "SN000006,SN000007,SN000008,SN000009,SN000010"
                in m for m in lost), lost
-    assert "disk I/O error" in _alarms(board)["reserve_error"]["G"]
-    assert reserve.level("G") == 5
+    assert "disk I/O error" in _alarms(st.board)["reserve_error"]["G"]
+    assert st.reserve.level("G") == 5
 
 
 async def test_an_interrupted_refill_is_reported_at_the_next_start(
@@ -307,43 +323,34 @@ async def test_an_interrupted_refill_is_reported_at_the_next_start(
     selection works again."""
     from adapters.openscs.reserve import REFILL_MARKER
 
-    async with running_server(tmp_path / "srv") as srv:
-        (tmp_path / "c").mkdir()
-        client = OpenScsClient(srv.settings(tmp_path / "c"))
-        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
+    async with standalone(tmp_path) as st:
+        outbox, reserve, board = st.outbox, st.reserve, st.board
+        await reserve.run_once()  # a normal refill leaves no marker behind
+        assert await reserve.interrupted_refills() == {}
+        await outbox.submit(state={REFILL_MARKER + "G": json.dumps(
+            {"count": 20, "at": 0.0})})  # as a killed refill leaves it
+        for garbage in ('{"count": 1e400, "at": NaN}', "not json", '{"at": 1e300}'):
+            await outbox.submit(state={REFILL_MARKER + "X": garbage})
+            assert "interrupted" in (await reserve.interrupted_refills())["X"]
+        found = await reserve.interrupted_refills()
+        assert "up to 20 serial numbers may be Allocated upstream" in found["G"]
+        assert "interrupted" in _alarms(board)["reserve_error"]["G"]
+        assert any(r.levelname == "ERROR" and "interrupted" in r.getMessage()
+                   for r in caplog.records)
+        assert REFILL_MARKER + "G" not in await outbox.get_state()
+        # a failed refill does not hide it, nor does a second start before one works
+        st.srv.script["SNRequestAllocated"] = [ua.StatusCode(ua.StatusCodes.BadTimeout)]
+        await outbox.submit(hook=lambda c: c.execute("DELETE FROM reserve_serials"))
+        await reserve.run_once()
+        assert "BadTimeout" in _alarms(board)["reserve_error"]["G"]
+        assert "interrupted" in _alarms(board)["reserve_error"]["G"]
         board = StatusBoard()
-        reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
-                                                          fill_to=20), board=board)
-        try:
-            await reserve.run_once()  # a normal refill leaves no marker behind
-            assert await reserve.interrupted_refills() == {}
-            await outbox.submit(state={REFILL_MARKER + "G": json.dumps(
-                {"count": 20, "at": 0.0})})  # as a killed refill leaves it
-            for garbage in ('{"count": 1e400, "at": NaN}', "not json", '{"at": 1e300}'):
-                await outbox.submit(state={REFILL_MARKER + "X": garbage})
-                assert "interrupted" in (await reserve.interrupted_refills())["X"]
-            found = await reserve.interrupted_refills()
-            assert "up to 20 serial numbers may be Allocated upstream" in found["G"]
-            assert "interrupted" in _alarms(board)["reserve_error"]["G"]
-            assert any(r.levelname == "ERROR" and "interrupted" in r.getMessage()
-                       for r in caplog.records)
-            assert REFILL_MARKER + "G" not in await outbox.get_state()
-            # a failed refill does not hide it, nor does a second start before one works
-            srv.script["SNRequestAllocated"] = [ua.StatusCode(ua.StatusCodes.BadTimeout)]
-            await outbox.submit(hook=lambda c: c.execute("DELETE FROM reserve_serials"))
-            await reserve.run_once()
-            assert "BadTimeout" in _alarms(board)["reserve_error"]["G"]
-            assert "interrupted" in _alarms(board)["reserve_error"]["G"]
-            board = StatusBoard()
-            reserve = Reserve(outbox, client, ReserveSettings(selections=["G"], low_water=10,
-                                                              fill_to=20), board=board)
-            assert "up to 20" in (await reserve.interrupted_refills())["G"]
-            await reserve.run_once()  # a refill that works clears the alarm
-            assert reserve.level("G") == 20
-            assert set(_alarms(board).get("reserve_error", {})) == {"X"}
-        finally:
-            await client.close()
-            await outbox.close()
+        reserve = Reserve(outbox, st.client, ReserveSettings(selections=["G"], low_water=10,
+                                                             fill_to=20), board=board)
+        assert "up to 20" in (await reserve.interrupted_refills())["G"]
+        await reserve.run_once()  # a refill that works clears the alarm
+        assert reserve.level("G") == 20
+        assert set(_alarms(board).get("reserve_error", {})) == {"X"}
 
 
 def _alarms(board: StatusBoard) -> dict[str, object]:
@@ -432,26 +439,16 @@ async def test_a_refused_selection_only_print_asked_for_is_not_refilled_every_ro
     """A PRINT for a selection nobody configured (a typo) that the upstream refuses for good
     is not retried by the loop round after round; the alarm names it, and the next PRINT for
     it may try again."""
-    async with running_server(tmp_path / "srv") as srv:
-        (tmp_path / "c").mkdir()
-        client = OpenScsClient(srv.settings(tmp_path / "c"))
-        outbox = await Outbox.open(StoreSettings(path=tmp_path / "o.sqlite"))
-        board = StatusBoard()
-        reserve = Reserve(outbox, client, ReserveSettings(selections=[], low_water=10,
-                                                          fill_to=20), board=board,
-                          refused_backoff_s=0.0, refused_backoff_max_s=0.0)
-        srv.script["SNRequestAllocated"] = [ReturnStatus.InvalidSelectionCriteria] * 100
-        try:
-            with pytest.raises(RemoteProtocolError):
-                await outbox.submit(hook=lambda c: reserve.take_in(c, "A", "TYPO", 2))
-            for _ in range(5):
-                await reserve.run_once()
-            assert len(srv.recorded("SNRequestAllocated")) == 1
-            assert "InvalidSelectionCriteria" in _alarms(board)["reserve_error"]["TYPO"]
-            assert "TYPO" not in reserve.levels()
-        finally:
-            await client.close()
-            await outbox.close()
+    async with standalone(tmp_path, selections=(), refused_backoff_s=0.0,
+                          refused_backoff_max_s=0.0) as st:
+        st.srv.script["SNRequestAllocated"] = [ReturnStatus.InvalidSelectionCriteria] * 100
+        with pytest.raises(RemoteProtocolError):
+            await st.outbox.submit(hook=lambda c: st.reserve.take_in(c, "A", "TYPO", 2))
+        for _ in range(5):
+            await st.reserve.run_once()
+        assert len(st.srv.recorded("SNRequestAllocated")) == 1
+        assert "InvalidSelectionCriteria" in _alarms(st.board)["reserve_error"]["TYPO"]
+        assert "TYPO" not in st.reserve.levels()
 
 
 async def test_two_selections_may_hold_the_same_serial_numbers(rig: Rig) -> None:
