@@ -121,10 +121,16 @@ class Delivery:
     async def _stream(self, stream: str) -> None:
         event = self._outbox.event(stream)
         failures = 0
+        stalled_at: int | None = None  # the message the stream waits on, while it waits
+        resumed = False  # it waited since the backlog was last empty
         while True:
             event.clear()
             batch = await self._outbox.pending(stream, self._settings.batch_max)
             if not batch:
+                if resumed:
+                    log.info("delivery on %s: backlog delivered, the stream is empty again",
+                             stream)
+                    resumed = False
                 await self._wait(event, FALLBACK_POLL_S)
                 continue
             results, error = await self._attempt(stream, batch)
@@ -147,11 +153,16 @@ class Delivery:
             # progress without a RETRY (a prefix answered) goes on at once with the rest
             stalled = not results or any(r.outcome is Outcome.RETRY for r in results)
             if not stalled:
-                failures = 0
+                if stalled_at is not None:
+                    log.info("delivery on %s goes on (message %d got through)", stream,
+                             stalled_at)
+                failures, stalled_at = 0, None
                 continue
+            first = batch[min(len(results), len(batch) - 1)]
+            if first.id != stalled_at:  # a new message to wait on: its attempts count anew
+                failures, stalled_at, resumed = 0, first.id, True
             failures += 1
             delay = backoff_s(failures, self._settings, self._rng)
-            first = batch[min(len(results), len(batch) - 1)]
             reason = error or next((r.reason for r in results if r.outcome is Outcome.RETRY), "")
             log.warning("delivery on %s stalled at message %d (attempt %d: %s); retry in %.1f s",
                         stream, first.id, failures, reason or "not attempted", delay)

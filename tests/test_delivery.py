@@ -282,3 +282,44 @@ async def test_dead_letter_alarm_clears_when_no_dead_letter_is_left(tmp_path: Pa
         await client.close()
         await outbox.close()
         await up.stop()
+
+
+async def test_the_log_says_when_a_stall_ends_and_attempts_count_per_message(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """An end-to-end review saw the attempt number carry over from one stalled message to
+    the next, and no line when delivery resumed. Each batch here answers RETRY for its second
+    message a few times (the first gets through): every stall starts at attempt 1, and the
+    log says when the stream goes on and when the backlog is delivered."""
+    import logging
+
+    outbox, _, client = env
+
+    class SecondWaits:
+        def __init__(self) -> None:
+            self.refusals = 0
+
+        async def deliver(self, stream: str,
+                          batch: Sequence[StoredMessage]) -> Sequence[DeliveryResult]:
+            if len(batch) > 1 and self.refusals % 3 != 2:
+                self.refusals += 1
+                done = await client.deliver(stream, batch[:1])
+                return [*done, DeliveryResult(Outcome.RETRY, "BadTooManyOperations: busy")]
+            self.refusals += 1
+            return await client.deliver(stream, batch)
+
+    caplog.set_level(logging.INFO, logger="gateway.delivery")
+    task = await _serve(Delivery(outbox, SecondWaits(), FAST, StatusBoard()))
+    try:
+        await outbox.submit([NewMessage("event", "E", f"k{n}", {"n": n}) for n in range(4)])
+        await until(lambda: _drained(outbox))
+        await until(lambda: _logged_async(caplog, "backlog delivered"))
+    finally:
+        await _stop(task)
+    stalls = [r.getMessage() for r in caplog.records if "stalled at message" in r.getMessage()]
+    firsts = {m.split("stalled at message ")[1].split(" ")[0]: m for m in reversed(stalls)}
+    assert firsts and all("(attempt 1:" in m for m in firsts.values()), stalls
+    assert await _logged_async(caplog, "goes on (message")
+
+
+async def _logged_async(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)

@@ -248,8 +248,12 @@ class OpenScsClient:
                 await session.close()
                 wait_s = endpoint.backoff.failed()
                 endpoint.last_error = str(exc) or type(exc).__name__
-                log.error("OPEN-SCS connect to %s failed (next attempt in %.1fs): %s",
-                          endpoint.url, wait_s, endpoint.last_error)
+                # a refusal that will not pass by itself (password, trust) is an ERROR; an
+                # upstream that is down or unreachable is the ordinary retry case
+                log.log(logging.ERROR if isinstance(exc, UpstreamError) and exc.permanent
+                        else logging.WARNING,
+                        "OPEN-SCS connect to %s failed (next attempt in %.1fs): %s",
+                        endpoint.url, wait_s, endpoint.last_error)
                 if isinstance(exc, (UpstreamError, TransportError)):
                     raise
                 raise TransportError(f"OPEN-SCS {endpoint.url}: {exc!r}") from exc

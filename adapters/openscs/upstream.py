@@ -159,10 +159,9 @@ class OpenScsUpstream:
                 raise UpstreamError(f"{message.kind} {message.key}: {verdict.reason}",
                                     permanent=True)
             outcome = verdict.outcome()
-            if outcome is not Outcome.DONE:
-                log.log(logging.WARNING if outcome is Outcome.RETRY else logging.ERROR,
-                        "OPEN-SCS %s %s (stream %s): %s: %s", message.kind, message.key, stream,
-                        outcome.value, verdict.reason)
+            if outcome is not Outcome.DONE:  # the delivery loop logs it (DEAD LETTER/stalled)
+                log.debug("OPEN-SCS %s %s (stream %s): %s: %s", message.kind, message.key,
+                          stream, outcome.value, verdict.reason)
             results.append(DeliveryResult(outcome, verdict.reason))
             if outcome is Outcome.RETRY:
                 break
