@@ -630,24 +630,24 @@ class Outbox:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def dead_list(self, limit: int = 100) -> list[DeadLetter]:
+    async def _dead(self, where: str, args: tuple[object, ...] = ()) -> list[DeadLetter]:
+        """Dead letters matching ``where`` (SQL after ``state=2 AND``, may order and limit)."""
         rows = await self._read(lambda c: c.execute(
             f"SELECT {_COLUMNS}, last_error, finished_at FROM messages "
-            "WHERE state != 0 AND state=2 ORDER BY id LIMIT ?", (limit,)).fetchall())
+            f"WHERE state != 0 AND state=2 AND {where}", args).fetchall())
         return [DeadLetter(_stored(r), reason=r[7], dead_at=r[8]) for r in rows]
+
+    async def dead_list(self, limit: int = 100) -> list[DeadLetter]:
+        return await self._dead("1 ORDER BY id LIMIT ?", (limit,))
 
     async def dead_newest(self) -> DeadLetter | None:
         """The most recent dead letter (for the status alarm after a restart)."""
-        row = await self._read(lambda c: c.execute(
-            f"SELECT {_COLUMNS}, last_error, finished_at FROM messages "
-            "WHERE state != 0 AND state=2 ORDER BY id DESC LIMIT 1").fetchone())
-        return DeadLetter(_stored(row), reason=row[7], dead_at=row[8]) if row else None
+        found = await self._dead("1 ORDER BY id DESC LIMIT 1")
+        return found[0] if found else None
 
     async def dead_show(self, message_id: int) -> DeadLetter | None:
-        row = await self._read(lambda c: c.execute(
-            f"SELECT {_COLUMNS}, last_error, finished_at FROM messages WHERE state=2 AND id=?",
-            (message_id,)).fetchone())
-        return DeadLetter(_stored(row), reason=row[7], dead_at=row[8]) if row else None
+        found = await self._dead("id=?", (message_id,))
+        return found[0] if found else None
 
     async def dead_retry(self, message_id: int) -> bool:
         """Make a dead letter pending again (it keeps its id, so it is the next one sent)."""

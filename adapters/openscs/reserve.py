@@ -485,7 +485,8 @@ class Reserve:
                                                 selection=selection,
                                                 token=self._tokens.pop(selection, ""),
                                                 on_page=on_page)
-        except Exception as exc:  # storing a page failed (logged with its numbers by _store)
+        except Exception as exc:  # storing a page failed (_store logged its numbers), or the
+            # request itself raised: either way a failed refill
             stored_all = False
             result = None
             if not isinstance(exc, StoreFull):
